@@ -1,0 +1,299 @@
+"""The records that cross Kafka topics, and the one parser for untrusted input.
+
+Every topic is keyed by ``product_id``. Every record carries ``schema_version``;
+adding an optional field keeps the version, anything else bumps it (README, "Event
+contracts"). Times are timezone-aware and serialized as ISO-8601 UTC (``...Z``).
+
+Input is parsed from raw bytes by :func:`parse_review`, never by a codec, so that any
+bad record becomes an :class:`~stream.errors.EventError` with a stable reason code and
+then a :class:`DeadLetter`, instead of an exception inside the consumer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+)
+
+from stream.errors import EventError
+
+REVIEW_SCHEMA_VERSION: Final = 1
+SCORE_SCHEMA_VERSION: Final = 1
+TREND_SCHEMA_VERSION: Final = 1
+DEAD_LETTER_SCHEMA_VERSION: Final = 1
+
+MIN_EVENT_TIME: Final = datetime(1990, 1, 1, tzinfo=UTC)
+MS_PER_DAY: Final = 86_400_000
+
+TrendState = Literal["rising", "stable", "falling"]
+
+# Reason codes on the dead-letter topic. Stable strings: consumers filter on them.
+REASONS: Final = (
+    "empty_value",
+    "too_large",
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "unsupported_schema_version",
+    "missing_field",
+    "wrong_type",
+    "empty_text",
+    "bad_timestamp",
+    "ts_out_of_range",
+    "key_mismatch",
+    "late",
+    "duplicate_conflict",
+    "unscorable",
+)
+
+
+def _utc_iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+UtcDatetime = Annotated[AwareDatetime, PlainSerializer(_utc_iso, return_type=str)]
+
+
+def to_ms(value: datetime) -> int:
+    """Milliseconds since the epoch of an aware datetime."""
+    return int(value.timestamp() * 1000)
+
+
+def from_ms(timestamp_ms: int) -> datetime:
+    """Aware UTC datetime from milliseconds since the epoch."""
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+
+
+def day_of(timestamp_ms: int) -> int:
+    """UTC day index (days since 1970-01-01) of a timestamp."""
+    return timestamp_ms // MS_PER_DAY
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    def to_bytes(self) -> bytes:
+        """Compact JSON encoding used on the wire."""
+        return self.model_dump_json(exclude_none=False).encode()
+
+
+class ReviewEvent(_Event):
+    """A review as producers write it to the ``reviews`` topic (schema_version 1)."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="allow")
+
+    schema_version: int = REVIEW_SCHEMA_VERSION
+    review_id: str = Field(min_length=1, max_length=256)
+    product_id: str = Field(min_length=1, max_length=256)
+    ts: UtcDatetime
+    text: str
+    rating: float | None = Field(default=None, ge=0, le=5)
+    title: str | None = None
+    source: str | None = None
+    category: str | None = None
+
+    @property
+    def ts_ms(self) -> int:
+        return to_ms(self.ts)
+
+    @property
+    def unknown_fields(self) -> int:
+        """How many fields this version does not know (ignored, counted)."""
+        return len(self.model_extra or {})
+
+    def content_sha256(self) -> str:
+        """Hash of what the review says; a re-sent review_id with other content conflicts."""
+        parts = [self.product_id, _utc_iso(self.ts), self.title or "", self.text,
+                 "" if self.rating is None else repr(float(self.rating))]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+class ReviewScore(_Event):
+    """One scored review on ``review-scores``: what the aggregator counts."""
+
+    schema_version: int = SCORE_SCHEMA_VERSION
+    review_id: str
+    product_id: str
+    ts: UtcDatetime
+    score: float = Field(ge=0, le=1, description="P(trend up) from the text model")
+    is_text_used: bool = Field(description="False when the model cannot read the text")
+    unk_ratio: float = Field(ge=0, le=1, description="share of [UNK] tokens")
+    n_tokens: int = Field(ge=0)
+    is_truncated: bool
+    rating: float | None = None
+    content_sha256: str
+    model_id: str
+    source_partition: int
+    source_offset: int
+
+    @property
+    def ts_ms(self) -> int:
+        return to_ms(self.ts)
+
+
+class TrendSignals(_Event):
+    """The numbers behind a trend call (see README, "Trend rule")."""
+
+    recent_count: int
+    baseline_count: int
+    recent_rate_per_day: float
+    baseline_rate_per_day: float
+    volume_ratio: float
+    mean_score_recent: float | None
+    mean_score_baseline: float | None
+    mean_rating_recent: float | None
+    mean_rating_baseline: float | None
+    trend_index: float
+    days_since_last_review: int | None
+
+
+class TrendChange(_Event):
+    """A product's trend state changed; emitted on ``trends`` only on a change."""
+
+    schema_version: int = TREND_SCHEMA_VERSION
+    event_id: str
+    product_id: str
+    previous_state: TrendState
+    new_state: TrendState
+    window_start: UtcDatetime
+    window_end: UtcDatetime
+    is_quiet: bool = Field(description="no reviews in the last quiet_days: the series went quiet")
+    signals: TrendSignals
+    evidence_review_ids: list[str]
+    model_id: str
+    detector_version: str
+
+
+class DeadLetter(_Event):
+    """A record that could not be processed, with enough context to redrive it."""
+
+    schema_version: int = DEAD_LETTER_SCHEMA_VERSION
+    reason: str
+    detail: str
+    stage: Literal["score", "aggregate"]
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    raw_value: str | None = Field(description="the raw value, decoded with backslash escapes, "
+                                              "truncated")
+    raw_size_bytes: int
+    raw_sha256: str | None
+    review_id: str | None = None
+    dead_lettered_at: UtcDatetime
+
+
+def trend_event_id(*, product_id: str, previous_state: str, new_state: str,
+                   window_end: datetime, model_id: str, detector_version: str) -> str:
+    """Deterministic id: the same input gives the same event_id (consumers dedup on it)."""
+    parts = [product_id, previous_state, new_state, _utc_iso(window_end), model_id,
+             detector_version]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+_PYDANTIC_REASONS: Final = {
+    "missing": "missing_field",
+    "string_too_short": "missing_field",
+    "timezone_aware": "bad_timestamp",
+    "datetime_type": "bad_timestamp",
+    "datetime_parsing": "bad_timestamp",
+    "datetime_from_date_parsing": "bad_timestamp",
+    "greater_than_equal": "wrong_type",
+    "less_than_equal": "wrong_type",
+}
+
+
+def _reason_for(exc: ValidationError) -> tuple[str, str]:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "value"
+    reason = _PYDANTIC_REASONS.get(first["type"], "wrong_type")
+    return reason, f"{where}: {first['msg']}"
+
+
+def _decode_object(raw: bytes, *, max_event_bytes: int) -> dict[str, Any]:
+    if not raw:
+        raise EventError("empty_value", "the record has no value")
+    if len(raw) > max_event_bytes:
+        msg = f"{len(raw)} bytes > max_event_bytes={max_event_bytes}"
+        raise EventError("too_large", msg)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError("invalid_utf8", str(exc)) from exc
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EventError("invalid_json", str(exc)) from exc
+    if not isinstance(obj, dict):
+        raise EventError("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def parse_review(raw: bytes | None, *, key: bytes | None, max_event_bytes: int) -> ReviewEvent:
+    """Parse and validate one raw ``reviews`` record, or raise EventError with a reason.
+
+    A null key is accepted (the review is re-keyed by product_id downstream); a key that
+    differs from the payload's product_id is rejected as ``key_mismatch``.
+    """
+    obj = _decode_object(raw or b"", max_event_bytes=max_event_bytes)
+    version = obj.get("schema_version", REVIEW_SCHEMA_VERSION)
+    if version != REVIEW_SCHEMA_VERSION:
+        raise EventError("unsupported_schema_version", f"schema_version={version!r}; "
+                         f"this worker reads {REVIEW_SCHEMA_VERSION}")
+    if isinstance(obj.get("rating"), int) and not isinstance(obj.get("rating"), bool):
+        obj["rating"] = float(obj["rating"])
+    try:
+        event = ReviewEvent.model_validate(_with_parsed_ts(obj))
+    except ValidationError as exc:
+        raise EventError(*_reason_for(exc)) from exc
+    _check_semantics(event, key=key)
+    return event
+
+
+def _with_parsed_ts(obj: dict[str, Any]) -> dict[str, Any]:
+    ts = obj.get("ts")
+    if not isinstance(ts, str):
+        return obj  # pydantic reports the missing field or the wrong type
+    try:
+        parsed = datetime.fromisoformat(ts)
+    except ValueError as exc:
+        raise EventError("bad_timestamp", f"ts: {ts[:64]!r} is not ISO-8601") from exc
+    if parsed.tzinfo is None:
+        raise EventError("bad_timestamp", f"ts: {ts[:64]!r} has no UTC offset")
+    return {**obj, "ts": parsed}
+
+
+def _check_semantics(event: ReviewEvent, *, key: bytes | None) -> None:
+    if not event.text.strip():
+        raise EventError("empty_text", "text is empty or whitespace")
+    if event.ts < MIN_EVENT_TIME:
+        raise EventError("ts_out_of_range", f"ts {_utc_iso(event.ts)} is before 1990")
+    if key is not None and key != event.product_id.encode():
+        shown = key[:64].decode("utf-8", "backslashreplace")
+        msg = f"record key {shown!r} is not the payload's product_id {event.product_id!r}"
+        raise EventError("key_mismatch", msg)
+
+
+def dead_letter(*, reason: str, detail: str, stage: Literal["score", "aggregate"], topic: str,
+                partition: int, offset: int, key: bytes | None, raw: bytes | None,
+                max_raw_chars: int, review_id: str | None = None,
+                now: datetime | None = None) -> DeadLetter:
+    """Build the DLQ record for one bad input: reason, position, truncated raw value, hash."""
+    raw_text = None if raw is None else raw.decode("utf-8", "backslashreplace")[:max_raw_chars]
+    key_text = None if key is None else key.decode("utf-8", "backslashreplace")[:256]
+    return DeadLetter(
+        reason=reason, detail=detail[:1000], stage=stage, topic=topic, partition=partition,
+        offset=offset, key=key_text, raw_value=raw_text, raw_size_bytes=len(raw or b""),
+        raw_sha256=None if raw is None else hashlib.sha256(raw).hexdigest(),
+        review_id=review_id, dead_lettered_at=now or datetime.now(UTC),
+    )

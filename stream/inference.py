@@ -1,0 +1,179 @@
+"""Scorer: tokenizer + ONNX Runtime session. One batch of texts in, scores out.
+
+Synchronous and Kafka-free: the worker calls it from an executor thread (ONNX Runtime
+releases the GIL), ``trendstream score`` and the export parity check call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Final, Literal
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from stream.artifact import Manifest, load_model_dir
+from stream.errors import ArtifactError, RuntimeMissingError
+
+log = logging.getLogger(__name__)
+
+MAX_UNK_RATIO: Final = 0.5
+"""Above this share of [UNK] tokens the model cannot read the text: the review counts
+toward volume but not toward the text signal."""
+
+CPU_CHUNK_SIZE: Final = 8
+"""Length-sorted chunk size on CPU: padding is what costs there, not call overhead."""
+
+Provider = Literal["cpu", "cuda"]
+
+
+def import_onnxruntime() -> ModuleType:
+    """Import ONNX Runtime or explain which extra to install."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        msg = ("ONNX Runtime is not installed. Install exactly one of the extras: "
+               "`pip install 'trendstream[cpu]'` (onnxruntime) or "
+               "`pip install 'trendstream[gpu]'` (onnxruntime-gpu); never both.")
+        raise RuntimeMissingError(msg) from exc
+    return onnxruntime
+
+
+def review_text(title: str | None, text: str) -> str:
+    """The string the model reads for a review (training and serving use this one)."""
+    title = (title or "").strip()
+    return f"{title}. {text}" if title else text
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """Scores and text diagnostics, aligned with the input order."""
+
+    scores: np.ndarray  # float32, P(up) in [0, 1]
+    unk_ratio: np.ndarray  # float32
+    n_tokens: np.ndarray  # int32, before truncation
+    is_truncated: np.ndarray  # bool
+
+
+def load_tokenizer(path: Path, *, max_length: int) -> Tokenizer:
+    """The model's fast tokenizer, truncating to ``max_length``, no fixed padding."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _session_options(ort: ModuleType, intra_op_threads: int) -> object:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
+def _providers(ort: ModuleType, wanted: str) -> list[str]:
+    available = ort.get_available_providers()
+    if wanted in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if wanted == "cuda":
+        msg = f"execution_provider=cuda but ONNX Runtime offers only {available}; " \
+              "install the `gpu` extra or set TRENDSTREAM_EXECUTION_PROVIDER=cpu"
+        raise RuntimeMissingError(msg)
+    return ["CPUExecutionProvider"]
+
+
+class Scorer:
+    """Scores review texts with one model variant on one ONNX Runtime session."""
+
+    def __init__(self, model_dir: Path, *, variant: str = "auto", provider: str = "auto",
+                 intra_op_threads: int = 0, verify: bool = True) -> None:
+        ort = import_onnxruntime()
+        self.model_dir = Path(model_dir)
+        self.manifest: Manifest = load_model_dir(self.model_dir) if verify else \
+            _read_unverified(self.model_dir)
+        ort.set_default_logger_severity(3)  # CUDA-unavailable fallback chatter
+        providers = _providers(ort, provider)
+        first = self._pick_variant(variant, "cuda" if providers[0].startswith("CUDA") else "cpu")
+        self.session = ort.InferenceSession(str(self.model_dir / first.file),
+                                            sess_options=_session_options(ort, intra_op_threads),
+                                            providers=providers)
+        self.provider: Provider = "cuda" if self.session.get_providers()[0].startswith("CUDA") \
+            else "cpu"
+        if self.provider == "cpu" and providers[0].startswith("CUDA"):
+            first = self._reload_for_cpu(ort, variant, intra_op_threads, first)
+        self.variant = first
+        self.chunk_size = CPU_CHUNK_SIZE if self.provider == "cpu" else 1 << 30
+        self._input_names = [i.name for i in self.session.get_inputs()]
+        self.tokenizer = load_tokenizer(self.model_dir / self.manifest.tokenizer_file,
+                                        max_length=self.manifest.max_length)
+        self.max_length = self.manifest.max_length
+        log.info("scorer ready model_id=%s variant=%s provider=%s threads=%s",
+                 self.model_id, self.variant.precision, self.provider, intra_op_threads or "auto")
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    def _pick_variant(self, variant: str, provider: Provider):  # -> Variant
+        name = self.manifest.default_variant[provider] if variant == "auto" else variant
+        if name not in self.manifest.variants:
+            msg = (f"{self.model_dir}: variant {name!r} not in the manifest "
+                   f"({sorted(self.manifest.variants)}); set TRENDSTREAM_MODEL_VARIANT")
+            raise ArtifactError(msg)
+        return self.manifest.variants[name]
+
+    def _reload_for_cpu(self, ort: ModuleType, variant: str, threads: int, current):  # -> Variant
+        chosen = self._pick_variant(variant, "cpu")
+        if chosen.file != current.file:
+            self.session = ort.InferenceSession(str(self.model_dir / chosen.file),
+                                                sess_options=_session_options(ort, threads),
+                                                providers=["CPUExecutionProvider"])
+        return chosen
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        """Tokenize without padding or truncation (lengths drive the chunking)."""
+        return self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+
+    def score(self, texts: Sequence[str]) -> ScoredBatch:
+        """Score texts in length-sorted chunks; results follow the input order."""
+        encodings = self.encode(texts)
+        n = len(encodings)
+        scores = np.empty(n, dtype=np.float32)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int32, count=n)
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, n, self.chunk_size):
+            idx = order[start:start + self.chunk_size]
+            scores[idx] = self._run([encodings[i] for i in idx])
+        unk = self.manifest.unk_token_id
+        unk_ratio = np.fromiter(
+            (sum(1 for t in e.ids[1:-1] if t == unk) / max(1, len(e.ids) - 2) for e in encodings),
+            dtype=np.float32, count=n)
+        return ScoredBatch(scores=scores, unk_ratio=unk_ratio, n_tokens=lengths,
+                           is_truncated=lengths > self.max_length)
+
+    def _run(self, encodings: list[Encoding]) -> np.ndarray:
+        width = min(self.max_length, max(len(e.ids) for e in encodings))
+        feeds = {name: np.zeros((len(encodings), width), dtype=np.int64)
+                 for name in ("input_ids", "attention_mask", "token_type_ids")}
+        for row, enc in enumerate(encodings):
+            ids = _truncate(enc.ids, self.max_length)
+            feeds["input_ids"][row, :len(ids)] = ids
+            feeds["attention_mask"][row, :len(ids)] = 1
+        logits = self.session.run(None, {k: feeds[k] for k in self._input_names})[0]
+        return (1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float64)))).astype(np.float32)
+
+
+def _truncate(ids: list[int], max_length: int) -> list[int]:
+    """Keep the head of the review and its final [SEP] token."""
+    return ids if len(ids) <= max_length else [*ids[:max_length - 1], ids[-1]]
+
+
+def _read_unverified(model_dir: Path) -> Manifest:
+    from stream.artifact import read_manifest
+    return read_manifest(model_dir)

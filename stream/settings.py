@@ -1,0 +1,123 @@
+"""Frozen runtime settings: the only module that reads the environment.
+
+Every field is read from ``TRENDSTREAM_<NAME>`` (upper case) once, in ``__main__`` /
+the CLI, and passed down. The README's settings table is generated from this class
+(``trendstream settings --markdown``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.errors import SettingsError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """TrendStream worker and tool settings (env prefix ``TRENDSTREAM_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRENDSTREAM_", frozen=True, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, "
+                                 "comma separated; the one setting that points at a cluster")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="security protocol of the broker connection")
+    kafka_sasl_username: str | None = Field(None, description="SASL/SCRAM user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL/SCRAM password "
+                                                  "(never logged)")
+    app_id: str = Field("trendstream", description="Faust app id: consumer group and "
+                        "changelog-topic prefix")
+    topic_prefix: str = Field("", description="prefix for every topic name (e.g. 'demo.')")
+    topic_reviews: str = Field("reviews", description="input topic (ReviewEvent JSON)")
+    topic_scores: str = Field("review-scores", description="scored reviews (ReviewScore)")
+    topic_trends: str = Field("trends", description="trend changes (TrendChange)")
+    topic_dlq: str = Field("reviews-dlq", description="dead letters (DeadLetter)")
+    partitions: int = Field(6, ge=1, le=1024, description="partitions of every topic the app "
+                            "creates; the most worker replicas that share the load")
+    replication_factor: int = Field(1, ge=1, le=16, description="replication factor of created "
+                                    "topics")
+    topic_retention_ms: int = Field(-1, ge=-1, description="retention.ms of created topics; "
+                                    "-1 keeps replayed history forever")
+    broker_session_timeout_s: float = Field(10.0, gt=0, le=300, description="consumer group "
+                                            "session timeout")
+    # Model and scoring
+    model_dir: Path = Field(REPO_ROOT / "models" / "default", description="model directory "
+                            "(manifest.json, model files, tokenizer)")
+    model_variant: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        "auto", description="which model file: auto = the manifest's default for the provider")
+    execution_provider: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime provider; auto = CUDA when usable, else CPU")
+    ort_intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op "
+                                      "threads; 0 = one per core")
+    batch_max_size: int = Field(64, ge=1, le=4096, description="most reviews in one scoring "
+                                "micro-batch")
+    batch_max_wait_s: float = Field(0.05, gt=0, le=10, description="longest a review waits "
+                                    "for its micro-batch to fill")
+    max_event_bytes: int = Field(262_144, ge=1024, le=16_777_216, description="larger input "
+                                 "records are dead-lettered as too_large")
+    dlq_max_raw_chars: int = Field(8192, ge=0, le=1_048_576, description="raw value kept in a "
+                                   "dead letter (the sha256 covers all of it)")
+    # Windows and trends
+    allowed_lateness_s: float = Field(2 * 86_400.0, ge=0, description="events older than the "
+                                      "partition's stream time minus this go to the DLQ as late")
+    idle_tick_interval_s: float = Field(0.0, ge=0, description="live feeds: every N s send a "
+                                        "wall-clock tick to each partition so silent products "
+                                        "turn falling; 0 = stream time from events only "
+                                        "(replays)")
+    min_reviews: int | None = Field(None, ge=1, description="override the manifest's minimum "
+                                    "reviews in the window before any call")
+    rise_enter_ratio: float | None = Field(None, gt=1, description="override: volume ratio "
+                                           "that enters rising")
+    rise_exit_ratio: float | None = Field(None, gt=0, description="override: ratio below which "
+                                          "rising returns to stable")
+    fall_enter_ratio: float | None = Field(None, gt=0, lt=1, description="override: ratio that "
+                                           "enters falling")
+    fall_exit_ratio: float | None = Field(None, gt=0, description="override: ratio above which "
+                                          "falling returns to stable")
+    evidence_top_k: int = Field(5, ge=0, le=100, description="review_ids kept as evidence in a "
+                                "TrendChange")
+    # Web
+    web_host: str = Field("127.0.0.1", description="bind address of the worker's web pages")
+    web_port: int = Field(6066, ge=0, le=65535, description="port of the worker's web pages "
+                          "(/healthz, /readyz, /stats)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log "
+                                                                     "level")
+
+    @model_validator(mode="after")
+    def _check_hysteresis(self) -> Settings:
+        if self.rise_enter_ratio and self.rise_exit_ratio and \
+                self.rise_exit_ratio > self.rise_enter_ratio:
+            msg = "rise_exit_ratio must be <= rise_enter_ratio; set TRENDSTREAM_RISE_EXIT_RATIO"
+            raise ValueError(msg)
+        if self.fall_enter_ratio and self.fall_exit_ratio and \
+                self.fall_exit_ratio < self.fall_enter_ratio:
+            msg = "fall_exit_ratio must be >= fall_enter_ratio; set TRENDSTREAM_FALL_EXIT_RATIO"
+            raise ValueError(msg)
+        return self
+
+    def topic(self, name: str) -> str:
+        """Full topic name with the configured prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    def detector_overrides(self) -> dict[str, float | int]:
+        """Detector thresholds set in the environment (they override the manifest)."""
+        names = ("min_reviews", "rise_enter_ratio", "rise_exit_ratio", "fall_enter_ratio",
+                 "fall_exit_ratio")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; a bad value raises SettingsError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings kwargs
+    except ValidationError as exc:
+        lines = [f"TRENDSTREAM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                 for e in exc.errors(include_url=False)]
+        msg = "invalid settings:\n  " + "\n  ".join(lines)
+        raise SettingsError(msg) from exc
