@@ -49,7 +49,7 @@ class ModelOutput(_Frozen):
     """What the graph returns and how to read it."""
 
     name: str = "logits"
-    shape: list[str] = ["batch", 1]
+    shape: list[str | int] = ["batch", 1]
     activation: Literal["sigmoid"] = "sigmoid"
     meaning: str = ("logit of P(up): the product's review count in (t, t+H] exceeds its count "
                     "in (t-H, t]; the worker applies the sigmoid")

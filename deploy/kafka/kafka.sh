@@ -30,8 +30,9 @@ fetch() {
     [[ -f $LIB/.pom.sha256 && "$(cat "$LIB/.pom.sha256")" == "$want" ]] && exit 0
     say "downloading Kafka jars from Maven Central into $LIB"
     rm -rf "$LIB.tmp"
-    mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$LIB.tmp" >&2
+    local out # Debian's mvn -q still prints colour codes: show its output only on failure.
+    out="$(mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$LIB.tmp" 2>&1)" || { echo "$out" >&2; exit 1; }
     rm -rf "$LIB" && mv "$LIB.tmp" "$LIB"
     echo "$want" >"$LIB/.pom.sha256"
   ) 9>"$ROOT/.kafka/fetch.lock"
@@ -89,10 +90,15 @@ cmd_up() {
   local pid port cport
   if pid="$(running_pid)"; then
     say "already running (pid $pid)"
-    "$PYTHON" "$HERE/wait_ready.py" "$(cat "$RUN/bootstrap")" --timeout 60
+    "$PYTHON" "$HERE/wait_ready.py" "$(cat "$RUN/bootstrap")" --timeout 60 --pid "$pid"
     cat "$RUN/bootstrap"
     return
   fi
+  # Kafka 4.1 takes its own log-dir lock only after KRaft has already rewritten
+  # quorum-state, so a second broker on this data dir must be refused here. fd 8 is
+  # inherited by the broker, which holds the lock for as long as it runs.
+  exec 8>"$DATA/broker.lock"
+  flock -n 8 || die "data dir $DATA is in use by another broker (see its run dir)"
   # A restart must come back on the same ports: clients and the KRaft quorum remember them.
   if [[ -f $DATA/logs/meta.properties && -f $DATA/ports ]]; then
     read -r port cport <"$DATA/ports"
@@ -135,14 +141,14 @@ cmd_down() {
     rm -f "$RUN/kafka.pid"
     return
   fi
-  kill -TERM "$pid"
+  kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 300); do
     is_our_broker "$pid" || break
     sleep 0.1
   done
   if is_our_broker "$pid"; then
     say "no clean shutdown after 30s, killing $pid"
-    kill -KILL "$pid"
+    kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$RUN/kafka.pid"
   say "stopped (pid $pid)"

@@ -1,5 +1,7 @@
 """Wait until a Kafka cluster really answers: a metadata (describe-cluster) request
-succeeds and lists at least one broker.
+succeeds and lists at least one broker. With --pid, that process must also be the
+one listening on the bootstrap port (another broker may hold it, e.g. one started
+earlier on the same data dir).
 
 Exit 0 when ready; 1 on timeout; 2 when the watched broker process (--pid) died.
 """
@@ -7,6 +9,7 @@ Exit 0 when ready; 1 on timeout; 2 when the watched broker process (--pid) died.
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 
@@ -20,6 +23,28 @@ def process_alive(pid: int) -> bool:
             return bool(f.read())
     except OSError:
         return False
+
+
+def owns_listener(pid: int, port: int) -> bool:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in list(f)[1:]:
+                fields = row.split()
+                # fields: sl local remote state ... inode; state 0A is LISTEN.
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def log_tail(path: str, lines: int = 40) -> str:
@@ -43,6 +68,7 @@ async def describe(bootstrap: str, timeout: float) -> dict:
 
 async def wait_ready(args) -> int:
     deadline = time.monotonic() + args.timeout
+    port = int(args.bootstrap.split(",")[0].rsplit(":", 1)[1])
     last_error = "no attempt made"
     while True:
         if args.pid and not process_alive(args.pid):
@@ -57,14 +83,17 @@ async def wait_ready(args) -> int:
                 file=sys.stderr,
             )
             return 1
-        try:
-            attempt = min(left, 5.0)
-            info = await asyncio.wait_for(describe(args.bootstrap, attempt), attempt)
-            if info.get("brokers"):
-                return 0
-            last_error = "metadata lists no brokers yet"
-        except Exception as e:  # any failure just means "not yet"
-            last_error = f"{type(e).__name__}: {e}"
+        if args.pid and not owns_listener(args.pid, port):
+            last_error = f"process {args.pid} is not listening on port {port}"
+        else:
+            try:
+                attempt = min(left, 5.0)
+                info = await asyncio.wait_for(describe(args.bootstrap, attempt), attempt)
+                if info.get("brokers"):
+                    return 0
+                last_error = "metadata lists no brokers yet"
+            except Exception as e:  # any failure just means "not yet"
+                last_error = f"{type(e).__name__}: {e}"
         await asyncio.sleep(0.25)
 
 

@@ -1,0 +1,187 @@
+"""Faust wiring: topics, tables, the two agents, web pages. Logic lives elsewhere.
+
+* ``score`` agent (reviews -> review-scores / reviews-dlq): micro-batches with a size
+  and a time cap (``take_events``), tokenizer + ONNX Runtime in one executor thread,
+  outputs flushed (acks=all) before the batch is acked.
+* ``aggregate`` agent (review-scores -> trends / reviews-dlq): per event, because faust
+  forbids table writes inside ``take()`` (#497); updates the changelogged tables.
+* a timer that, in live mode (``idle_tick_interval_s`` > 0), sends wall-clock ticks to
+  every partition of review-scores, so silent partitions still close days.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from pydantic import ValidationError
+
+from stream.aggregation import TICK_KEY, Aggregator, tick_record
+from stream.events import DeadLetter, ReviewScore, TrendChange, dead_letter
+from stream.inference import Scorer
+from stream.scoring import RawRecord, prepare, to_scores
+from stream.settings import Settings
+from stream.stats import Stats
+from stream.trends import DetectorParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    """Everything the agents share: settings, scorer, aggregator, counters."""
+
+    settings: Settings
+    scorer: Scorer
+    params: DetectorParams
+    stats: Stats = field(default_factory=Stats)
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="score"))
+    is_warm: bool = False
+
+
+def _faust_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id, broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
+        env_prefix="TRENDSTREAM_FAUST_", topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor, topic_allow_declare=True,
+        producer_acks=-1, broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
+        consumer_auto_offset_reset="earliest", web_bind=settings.web_host,
+        web_port=settings.web_port, web_host=settings.web_host, web_enabled=True,
+        table_cleanup_interval=3600.0, key_serializer="raw", value_serializer="raw",
+    )
+
+
+def build_app(pipeline: Pipeline) -> faust.App:
+    """Create the faust app with its topics, tables, agents and pages."""
+    s = pipeline.settings
+    app = _faust_app(s)
+    raw = {"key_type": bytes, "value_type": bytes, "partitions": s.partitions}
+    reviews = app.topic(s.topic(s.topic_reviews), **raw)
+    scores = app.topic(s.topic(s.topic_scores), **raw)
+    trends = app.topic(s.topic(s.topic_trends), **raw)
+    dlq = app.topic(s.topic(s.topic_dlq), **raw)
+    windows = app.Table("product-windows", partitions=s.partitions, key_type=str,
+                        value_type=bytes, key_serializer="raw", value_serializer="raw")
+    clocks = app.Table("partition-clocks", partitions=s.partitions, key_type=str,
+                       value_type=bytes, key_serializer="raw", value_serializer="raw")
+    aggregator = Aggregator(params=pipeline.params, model_id=pipeline.scorer.model_id,
+                            allowed_lateness_ms=int(s.allowed_lateness_s * 1000),
+                            evidence_k=s.evidence_top_k, windows=windows, clocks=clocks)
+
+    async def send_all(topic: faust.TopicT, items: list[tuple[str, bytes]]) -> None:
+        futures = [await topic.send(key=k.encode(), value=v) for k, v in items]
+        await asyncio.gather(*futures)  # delivered (acks=all) before the batch is acked
+
+    @app.agent(reviews, concurrency=1)
+    async def score(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(s.batch_max_size, within=s.batch_max_wait_s):
+            records = [RawRecord(e.message.topic, e.message.partition, e.message.offset,
+                                 e.message.key, e.message.value) for e in events]
+            outputs, dead = await _score_batch(pipeline, records)
+            await send_all(scores, [(o.product_id, o.to_bytes()) for o in outputs])
+            await send_all(dlq, [(d.key or "", d.to_bytes()) for d in dead])
+
+    @app.agent(scores, concurrency=1)
+    async def aggregate(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            changes, dead = _aggregate_one(pipeline, aggregator, event)
+            await send_all(trends, [(c.product_id, c.to_bytes()) for c in changes])
+            await send_all(dlq, [(d.key or "", d.to_bytes()) for d in dead])
+
+    if s.idle_tick_interval_s > 0:
+        @app.timer(s.idle_tick_interval_s)
+        async def tick() -> None:
+            now_ms = int(time.time() * 1000)
+            for tp in app.consumer.assignment():
+                if tp.topic == scores.get_topic_name():
+                    await scores.send(key=TICK_KEY, value=tick_record(now_ms),
+                                      partition=tp.partition)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        aggregator.forget_partitions()
+
+    _add_pages(app, pipeline)
+    return app
+
+
+async def _score_batch(pipeline: Pipeline,
+                       records: list[RawRecord]) -> tuple[list[ReviewScore], list[DeadLetter]]:
+    s = pipeline.settings
+    stats = pipeline.stats
+    started = time.perf_counter()
+    prepared = prepare(records, max_event_bytes=s.max_event_bytes,
+                       max_raw_chars=s.dlq_max_raw_chars)
+    outputs: list[ReviewScore] = []
+    if prepared.reviews:
+        loop = asyncio.get_running_loop()
+        scored = await loop.run_in_executor(pipeline.executor, pipeline.scorer.score,
+                                            prepared.texts)
+        outputs = to_scores(prepared, scored, model_id=pipeline.scorer.model_id)
+    stats.on_batch(consumed=len(records), scored=len(outputs), dead=prepared.dead,
+                   unknown_fields=prepared.unknown_fields,
+                   seconds=time.perf_counter() - started)
+    return outputs, prepared.dead
+
+
+def _aggregate_one(pipeline: Pipeline, aggregator: Aggregator,
+                   event: faust.EventT) -> tuple[list[TrendChange], list[DeadLetter]]:
+    msg = event.message
+    if msg.key == TICK_KEY:
+        changes = aggregator.on_tick(msg.partition, json.loads(msg.value)["tick_ms"])
+        pipeline.stats.on_trends(changes)
+        return changes, []
+    def to_dlq(reason: str, detail: str, review_id: str | None) -> DeadLetter:
+        return dead_letter(reason=reason, detail=detail, stage="aggregate", topic=msg.topic,
+                           partition=msg.partition, offset=msg.offset, key=msg.key,
+                           raw=msg.value, max_raw_chars=pipeline.settings.dlq_max_raw_chars,
+                           review_id=review_id)
+    try:
+        score = ReviewScore.model_validate_json(msg.value or b"")
+    except ValidationError as exc:
+        dead = [to_dlq("wrong_type", f"not a ReviewScore: {exc.errors()[0]['msg']}", None)]
+        pipeline.stats.on_aggregate(None, dead)
+        return [], dead
+    result = aggregator.on_score(msg.partition, score)
+    rejected = result.rejected
+    dead = [] if rejected is None else [to_dlq(rejected.reason, rejected.detail,
+                                               score.review_id)]
+    pipeline.stats.on_aggregate(result, dead)
+    pipeline.stats.on_trends(result.changes)
+    return result.changes, dead
+
+
+def _add_pages(app: faust.App, pipeline: Pipeline) -> None:
+    @app.page("/healthz")
+    async def healthz(web_view: Any, request: Any) -> Any:
+        return web_view.json({"alive": True})
+
+    @app.page("/readyz")
+    async def readyz(web_view: Any, request: Any) -> Any:
+        status = readiness(app, pipeline)
+        return web_view.json(status, status=200 if status["ready"] else 503)
+
+    @app.page("/stats")
+    async def stats(web_view: Any, request: Any) -> Any:
+        return web_view.json({**pipeline.stats.as_dict(), "model_id": pipeline.scorer.model_id,
+                              "provider": pipeline.scorer.provider,
+                              "variant": pipeline.scorer.variant.precision})
+
+    del healthz, readyz, stats  # registered on the app by the decorators
+
+
+def readiness(app: faust.App, pipeline: Pipeline) -> dict[str, Any]:
+    """Ready = model warm, partitions assigned, table recovery finished."""
+    assigned = len(app.consumer.assignment()) if app.consumer else 0
+    recovered = app.tables.recovery.completed.is_set() and not app.in_recovery
+    return {"ready": pipeline.is_warm and assigned > 0 and recovered,
+            "model_warm": pipeline.is_warm, "partitions_assigned": assigned,
+            "tables_recovered": recovered}

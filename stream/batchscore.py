@@ -1,0 +1,65 @@
+"""``trendstream score``: one JSON line of output for every input review."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from stream.errors import EventError
+from stream.events import ReviewEvent, parse_review
+from stream.inference import Scorer, review_text
+from stream.reviewfile import iter_records
+from stream.settings import Settings
+
+CHUNK = 256
+
+
+def _open_out(path: Path) -> IO[str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return gzip.open(path, "wt", encoding="utf-8") if path.suffix == ".gz" else \
+        path.open("w", encoding="utf-8")
+
+
+def _results(scorer: Scorer, chunk: list[tuple[int, dict[str, Any] | None, str]],
+             max_event_bytes: int) -> Iterator[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    parsed: list[tuple[dict[str, Any], ReviewEvent]] = []
+    for lineno, obj, line in chunk:
+        row = {"review_id": (obj or {}).get("review_id"),
+               "product_id": (obj or {}).get("product_id"), "score": None}
+        rows.append(row)
+        try:
+            parsed.append((row, parse_review(line.encode(), key=None,
+                                             max_event_bytes=max_event_bytes)))
+        except EventError as exc:
+            row["reason"] = f"line {lineno}: {exc}"
+    if parsed:
+        scored = scorer.score([review_text(r.title, r.text) for _, r in parsed])
+        for (row, _), value in zip(parsed, scored.scores, strict=True):
+            row["score"] = round(float(value), 6)
+    yield from rows
+
+
+def score_file(input_path: Path, output_path: Path, *, model_dir: Path,
+               settings: Settings) -> dict[str, int]:
+    """Score every review of a file; unscorable lines get score null and a reason."""
+    scorer = Scorer(model_dir, variant=settings.model_variant,
+                    provider=settings.execution_provider,
+                    intra_op_threads=settings.ort_intra_op_threads)
+    counts = {"scored": 0, "unscorable": 0}
+    chunk: list[tuple[int, dict[str, Any] | None, str]] = []
+    with _open_out(output_path) as out:
+        def flush() -> None:
+            for row in _results(scorer, chunk, settings.max_event_bytes):
+                counts["scored" if row["score"] is not None else "unscorable"] += 1
+                out.write(json.dumps(row) + "\n")
+            chunk.clear()
+        for record in iter_records(input_path):
+            chunk.append(record)
+            if len(chunk) >= CHUNK:
+                flush()
+        flush()
+    return counts

@@ -1,0 +1,107 @@
+"""``trendstream`` command line: worker, replay, score, export, demo, settings.
+
+Settings come from the environment once, here, and are passed down. ``export`` is
+imported only when asked for: the runtime never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from stream.errors import StreamError
+from stream.settings import Settings, load_settings
+
+log = logging.getLogger("trendstream")
+
+
+def _iso(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        msg = f"{value!r} has no UTC offset (write e.g. 2017-01-01T00:00:00Z)"
+        raise argparse.ArgumentTypeError(msg)
+    return parsed
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trendstream", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run the faust worker (settings from TRENDSTREAM_*)")
+    r = sub.add_parser("replay", help="produce a review file into the reviews topic")
+    r.add_argument("file", type=Path)
+    r.add_argument("--speed", type=float, default=None,
+                   help="event-time seconds per wall second (default: as fast as possible)")
+    r.add_argument("--since", type=_iso, help="first event time to send (inclusive)")
+    r.add_argument("--until", type=_iso, help="event time to stop before (exclusive)")
+    r.add_argument("--malformed", type=int, default=0, help="splice in N malformed events")
+    s = sub.add_parser("score", help="score a review file offline with the worker's scorer")
+    s.add_argument("--model", type=Path, default=None, help="model directory")
+    s.add_argument("--input", type=Path, required=True)
+    s.add_argument("--output", type=Path, required=True)
+    e = sub.add_parser("export", help="fine-tune and export a model (needs the export extra)",
+                       add_help=False)
+    e.add_argument("args", nargs=argparse.REMAINDER)
+    d = sub.add_parser("demo", help="the main job on bundled data (see `make demo`)")
+    d.add_argument("--data", type=Path, default=None)
+    d.add_argument("--out", type=Path, default=Path("out/demo"))
+    d.add_argument("--malformed", type=int, default=7)
+    d.add_argument("--keep-topics", action="store_true")
+    t = sub.add_parser("settings", help="print the settings (or the README table)")
+    t.add_argument("--markdown", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trendstream`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export"]:
+        from export.cli import main as export_main  # heavy: torch, transformers, optimum
+        return export_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(level=settings.log_level,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        return _dispatch(args, settings)
+    except StreamError as exc:
+        print(f"trendstream: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "worker":
+        from stream.worker import run_worker
+        run_worker(settings)
+        return 0
+    if args.command == "replay":
+        from stream.replay import replay
+        from stream.topics import ensure_topics
+        asyncio.run(ensure_topics(settings))
+        report = asyncio.run(replay(settings, args.file, speed=args.speed, since=args.since,
+                                    until=args.until, malformed=args.malformed))
+        print(report)
+        return 0
+    if args.command == "score":
+        from stream.batchscore import score_file
+        counts = score_file(args.input, args.output, model_dir=args.model or settings.model_dir,
+                            settings=settings)
+        print(counts)
+        return 0
+    if args.command == "demo":
+        from stream.demo import run_demo
+        return run_demo(settings, data=args.data, out=args.out, malformed=args.malformed,
+                        keep_topics=args.keep_topics)
+    if args.command == "settings":
+        from stream.settingsdoc import describe
+        print(describe(settings, markdown=args.markdown))
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""``trendstream demo``: the main job on the bundled real reviews, end to end.
+
+Starts a worker process against the configured Kafka, replays the bundled reviews
+from the model's training cut-off minus the detector's lookback, prints every trend
+change as it arrives, then writes ``trends.jsonl`` and ``summary.json`` and stops
+what it started. Each run uses its own topic prefix and consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream.artifact import Manifest, read_manifest
+from stream.errors import StreamError
+from stream.events import TrendChange
+from stream.replay import replay
+from stream.reviewfile import read_products
+from stream.settings import REPO_ROOT, Settings
+from stream.topics import delete_topics, ensure_topics, topic_names
+
+DEFAULT_DATA = REPO_ROOT / "data" / "datafiniti-amazon-devices" / "reviews.jsonl.gz"
+READY_TIMEOUT_S = 180.0
+STALL_TIMEOUT_S = 180.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get_json(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _date(value: str) -> datetime:
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+class WorkerProcess:
+    """A `trendstream worker` child process with its own settings."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, web_port: int) -> None:
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{web_port}"
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=REPO_ROOT)
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text().splitlines()[-25:]
+            msg = f"worker exited with {self.proc.returncode}; log {self.log_path}:\n" + \
+                "\n".join(tail)
+            raise StreamError(msg)
+
+    def wait_ready(self) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < READY_TIMEOUT_S:
+            self.check_alive()
+            status = _get_json(f"{self.url}/readyz")
+            if status and status.get("ready"):
+                return time.monotonic() - started
+            time.sleep(0.5)
+        raise StreamError(f"worker not ready after {READY_TIMEOUT_S:.0f} s; see {self.log_path}")
+
+    def stats(self) -> dict[str, Any]:
+        self.check_alive()
+        return _get_json(f"{self.url}/stats") or {}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def _line(change: TrendChange, names: dict[str, str]) -> str:
+    sig = change.signals
+    name = names.get(change.product_id, change.product_id)
+    name = name if len(name) <= 44 else name[:41] + "..."
+    new = "went quiet" if change.new_state == "falling" and change.is_quiet else change.new_state
+    score = "—" if sig.mean_score_recent is None else f"{sig.mean_score_recent:.2f}"
+    rating = "—" if sig.mean_rating_recent is None else f"{sig.mean_rating_recent:.1f}"
+    end = change.window_end - timedelta(days=1)
+    return (f"{end:%Y-%m-%d}  {name:<44}  {change.previous_state:>7} → {new:<10} "
+            f"last 30d {sig.recent_count:>4} vs prior 60d {sig.baseline_count:>4} "
+            f"(×{min(sig.volume_ratio, 99):.2f})  text {score}  stars {rating}")
+
+
+async def _follow_trends(settings: Settings, sink: list[TrendChange], stop: asyncio.Event,
+                         on_change: Any) -> None:
+    topic = settings.topic(settings.topic_trends)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=300)
+            for records in batches.values():
+                for record in records:
+                    change = TrendChange.model_validate_json(record.value)
+                    sink.append(change)
+                    on_change(change)
+        # drain what is left after the stop signal
+        end = await consumer.end_offsets(consumer.assignment())
+        while any(await consumer.position(tp) < off for tp, off in end.items()):
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                for record in records:
+                    change = TrendChange.model_validate_json(record.value)
+                    sink.append(change)
+                    on_change(change)
+    finally:
+        await consumer.stop()
+
+
+def _periods(manifest: Manifest, lookback_days: int) -> dict[str, datetime]:
+    train_end = _date(manifest.training.train_end)
+    return {"replay_from": (train_end - timedelta(days=lookback_days)).replace(
+        hour=0, minute=0, second=0), "warmup_until": train_end,
+        "out_of_sample_from": _date(manifest.training.test_start)}
+
+
+async def _run(settings: Settings, worker: WorkerProcess, data: Path, periods: dict[str, Any],
+               malformed: int, names: dict[str, str]) -> dict[str, Any]:
+    changes: list[TrendChange] = []
+    stop = asyncio.Event()
+
+    def show(change: TrendChange) -> None:
+        if change.window_end > periods["warmup_until"]:
+            mark = "  [out of sample]" if change.window_end > periods["out_of_sample_from"] \
+                else ""
+            print(_line(change, names) + mark, flush=True)
+
+    follower = asyncio.create_task(_follow_trends(settings, changes, stop, show))
+    started = time.monotonic()
+    report = await replay(settings, data, since=periods["replay_from"], malformed=malformed)
+    stats = await asyncio.to_thread(_wait_processed, worker, report.produced)
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(1.0)  # let the last trend events arrive before draining
+    stop.set()
+    await follower
+    return {"report": report, "stats": stats, "changes": changes, "elapsed_s": elapsed}
+
+
+def _wait_processed(worker: WorkerProcess, produced: int) -> dict[str, Any]:
+    last_progress, last_total = time.monotonic(), -1
+    while True:
+        stats = worker.stats()
+        total = stats.get("accepted", 0) + stats.get("duplicates_skipped", 0) + \
+            stats.get("dead_lettered_total", 0)
+        if total >= produced:
+            return stats
+        if total != last_total:
+            last_progress, last_total = time.monotonic(), total
+        if time.monotonic() - last_progress > STALL_TIMEOUT_S:
+            msg = f"worker stalled at {total}/{produced} records; see {worker.log_path}"
+            raise StreamError(msg)
+        time.sleep(0.5)
+
+
+def run_demo(settings: Settings, *, data: Path | None, out: Path, malformed: int,
+             keep_topics: bool) -> int:
+    """Run the demo; return the process exit code."""
+    data = data or DEFAULT_DATA
+    manifest = read_manifest(settings.model_dir)
+    run_id = datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
+    web_port = _free_port()
+    overrides = {"TRENDSTREAM_TOPIC_PREFIX": f"{run_id}.", "TRENDSTREAM_APP_ID":
+                 f"trendstream-{run_id}", "TRENDSTREAM_WEB_PORT": str(web_port)}
+    settings = settings.model_copy(update={"topic_prefix": overrides["TRENDSTREAM_TOPIC_PREFIX"],
+                                           "app_id": overrides["TRENDSTREAM_APP_ID"]})
+    periods = _periods(manifest, manifest.detector.lookback_days)
+    out.mkdir(parents=True, exist_ok=True)
+    _print_header(manifest, data, periods, settings)
+    asyncio.run(ensure_topics(settings))
+    worker = WorkerProcess({**os.environ, **overrides}, out / "worker.log", web_port)
+    try:
+        ready_s = worker.wait_ready()
+        print(f"worker ready in {ready_s:.1f} s (log: {worker.log_path})\n", flush=True)
+        result = asyncio.run(_run(settings, worker, data, periods, malformed,
+                                  read_products(data)))
+    finally:
+        worker.stop()
+        if not keep_topics:
+            asyncio.run(_cleanup(settings))
+    summary = _summary(manifest, result, periods, run_id)
+    _write_outputs(out, result["changes"], summary)
+    _print_summary(summary, out)
+    return 0
+
+
+async def _cleanup(settings: Settings) -> None:
+    internal = [f"{settings.app_id}-{t}-changelog" for t in ("product-windows",
+                                                              "partition-clocks")]
+    await delete_topics(settings, topic_names(settings) + internal)
+
+
+def _print_header(manifest: Manifest, data: Path, periods: dict[str, datetime],
+                  settings: Settings) -> None:
+    m = manifest.metrics["test"]
+    print(f"TrendStream demo — model {manifest.model_id} "
+          f"(test ROC-AUC {m.roc_auc}, accuracy {m.accuracy:.3f} vs prior {m.prior_accuracy:.3f})")
+    print(f"data: {data.relative_to(REPO_ROOT) if data.is_relative_to(REPO_ROOT) else data}")
+    print(f"replaying {periods['replay_from']:%Y-%m-%d} → end of data into "
+          f"{settings.kafka_bootstrap} (topics '{settings.topic_prefix}*')")
+    print(f"  warm-up until {periods['warmup_until']:%Y-%m-%d} (training period: calls "
+          f"not shown); calls after {periods['out_of_sample_from']:%Y-%m-%d} are out of "
+          "sample (held-out test period)\n", flush=True)
+
+
+def _summary(manifest: Manifest, result: dict[str, Any], periods: dict[str, datetime],
+             run_id: str) -> dict[str, Any]:
+    stats, report, changes = result["stats"], result["report"], result["changes"]
+    test = manifest.metrics["test"]
+    shown = [c for c in changes if c.window_end > periods["warmup_until"]]
+    return {
+        "run_id": run_id,
+        "replayed_from": report.first_ts, "replayed_to": report.last_ts,
+        "reviews_in": report.produced, "reviews_scored": stats["accepted"],
+        "dead_lettered": stats["dead_lettered_total"],
+        "dead_lettered_by_reason": stats["dead_lettered"],
+        "duplicates_skipped": stats["duplicates_skipped"],
+        "unknown_fields": stats["unknown_fields"],
+        "trend_events": len(changes), "trend_events_after_warmup": len(shown),
+        "trend_events_out_of_sample": sum(c.window_end > periods["out_of_sample_from"]
+                                          for c in changes),
+        "elapsed_s": round(result["elapsed_s"], 2),
+        "reviews_per_s": round(report.produced / result["elapsed_s"], 1),
+        "model_id": manifest.model_id, "provider": stats.get("provider"),
+        "variant": stats.get("variant"),
+        "test_auc": test.roc_auc, "test_accuracy": test.accuracy,
+        "prior_accuracy": test.prior_accuracy,
+    }
+
+
+def _write_outputs(out: Path, changes: list[TrendChange], summary: dict[str, Any]) -> None:
+    with (out / "trends.jsonl").open("w") as f:
+        for change in changes:
+            f.write(change.model_dump_json() + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    print("\nsummary")
+    for key in ("reviews_in", "reviews_scored", "dead_lettered", "duplicates_skipped",
+                "trend_events", "trend_events_after_warmup", "trend_events_out_of_sample",
+                "elapsed_s", "reviews_per_s", "model_id", "variant", "test_auc",
+                "test_accuracy", "prior_accuracy"):
+        print(f"  {key:<28} {summary[key]}")
+    print(f"  {'dead letters by reason':<28} {summary['dead_lettered_by_reason']}")
+    print(f"\nwrote {out / 'trends.jsonl'} and {out / 'summary.json'}")

@@ -1,0 +1,23 @@
+"""Render the settings as text or as the README's Markdown table."""
+
+from __future__ import annotations
+
+from stream.settings import REPO_ROOT, Settings
+
+
+def _default(value: object) -> str:
+    text = str(value)
+    return text.replace(str(REPO_ROOT) + "/", "") if value is not None else "—"
+
+
+def describe(settings: Settings, *, markdown: bool) -> str:
+    """One line per setting: env variable, default, description (and current value)."""
+    fields = type(settings).model_fields
+    if markdown:
+        rows = ["| variable | default | meaning |", "|---|---|---|"]
+        rows += [f"| `TRENDSTREAM_{name.upper()}` | `{_default(f.default)}` | {f.description} |"
+                 for name, f in fields.items()]
+        return "\n".join(rows)
+    return "\n".join(f"TRENDSTREAM_{name.upper()}={getattr(settings, name)!s}"
+                     if "password" not in name else f"TRENDSTREAM_{name.upper()}=***"
+                     for name in fields)

@@ -1,0 +1,53 @@
+"""In-process counters of one worker (served at /stats; Prometheus comes later)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream.aggregation import StepResult
+from stream.events import DeadLetter, TrendChange
+
+
+@dataclass
+class Stats:
+    """Counts since the process started."""
+
+    consumed: int = 0
+    scored: int = 0
+    accepted: int = 0
+    duplicates_skipped: int = 0
+    unknown_fields: int = 0
+    batches: int = 0
+    score_seconds: float = 0.0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    trend_events: Counter[str] = field(default_factory=Counter)
+
+    def on_batch(self, *, consumed: int, scored: int, dead: list[DeadLetter],
+                 unknown_fields: int, seconds: float) -> None:
+        self.batches += 1
+        self.consumed += consumed
+        self.scored += scored
+        self.unknown_fields += unknown_fields
+        self.score_seconds += seconds
+        self.dead_lettered.update(d.reason for d in dead)
+
+    def on_aggregate(self, result: StepResult | None, dead: list[DeadLetter]) -> None:
+        if result is not None:
+            self.accepted += int(result.is_accepted)
+            self.duplicates_skipped += int(result.is_duplicate)
+        self.dead_lettered.update(d.reason for d in dead)
+
+    def on_trends(self, changes: list[TrendChange]) -> None:
+        self.trend_events.update(f"{c.previous_state}->{c.new_state}" for c in changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"consumed": self.consumed, "scored": self.scored, "accepted": self.accepted,
+                "duplicates_skipped": self.duplicates_skipped,
+                "unknown_fields": self.unknown_fields, "batches": self.batches,
+                "score_seconds": round(self.score_seconds, 3),
+                "dead_lettered": dict(self.dead_lettered),
+                "dead_lettered_total": sum(self.dead_lettered.values()),
+                "trend_events": dict(self.trend_events),
+                "trend_events_total": sum(self.trend_events.values())}

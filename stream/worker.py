@@ -1,0 +1,50 @@
+"""Start one worker process: check everything that can fail fast, then run faust."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from stream.app import Pipeline, build_app
+from stream.inference import Scorer
+from stream.settings import Settings
+from stream.topics import ensure_topics
+from stream.trends import DetectorParams
+
+log = logging.getLogger(__name__)
+
+
+def detector_params(manifest_params: DetectorParams, settings: Settings) -> DetectorParams:
+    """The manifest's thresholds with the settings' overrides applied (and logged)."""
+    overrides = settings.detector_overrides()
+    for name, value in overrides.items():
+        log.warning("detector override %s=%s (manifest says %s)", name, value,
+                    getattr(manifest_params, name))
+    return DetectorParams.model_validate({**manifest_params.model_dump(), **overrides})
+
+
+def make_pipeline(settings: Settings) -> Pipeline:
+    """Load and warm the model (a missing or corrupt model fails here, before Kafka)."""
+    scorer = Scorer(settings.model_dir, variant=settings.model_variant,
+                    provider=settings.execution_provider,
+                    intra_op_threads=settings.ort_intra_op_threads)
+    params = detector_params(scorer.manifest.detector, settings)
+    scorer.score(["warm-up review: works great, would buy again."] * 2)
+    pipeline = Pipeline(settings=settings, scorer=scorer, params=params)
+    pipeline.is_warm = True
+    return pipeline
+
+
+def run_worker(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; faust drains the agents and commits on the way out."""
+    pipeline = make_pipeline(settings)
+    asyncio.run(asyncio.wait_for(ensure_topics(settings), timeout=60))
+    app = build_app(pipeline)
+    log.info("worker starting bootstrap=%s app_id=%s partitions=%d model_id=%s provider=%s "
+             "variant=%s", settings.kafka_bootstrap, settings.app_id, settings.partitions,
+             pipeline.scorer.model_id, pipeline.scorer.provider,
+             pipeline.scorer.variant.precision)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
