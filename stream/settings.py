@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.errors import SettingsError
@@ -26,11 +26,6 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, "
                                  "comma separated; the one setting that points at a cluster")
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="security protocol of the broker connection")
-    kafka_sasl_username: str | None = Field(None, description="SASL/SCRAM user name")
-    kafka_sasl_password: SecretStr | None = Field(None, description="SASL/SCRAM password "
-                                                  "(never logged)")
     app_id: str = Field("trendstream", description="Faust app id: consumer group and "
                         "changelog-topic prefix")
     topic_prefix: str = Field("", description="prefix for every topic name (e.g. 'demo.')")

@@ -9,8 +9,8 @@ With TRENDSTREAM_KAFKA_BOOTSTRAP set, that cluster is used and nothing is starte
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 KAFKA_SH = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "kafka.sh"
 EXTERNAL_ENV = "TRENDSTREAM_KAFKA_BOOTSTRAP"

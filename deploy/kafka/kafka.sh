@@ -76,6 +76,8 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
+offsets.topic.num.partitions=6
+transaction.state.log.num.partitions=6
 CFG
 }
 

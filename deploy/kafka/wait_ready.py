@@ -56,9 +56,7 @@ def log_tail(path: str, lines: int = 40) -> str:
 
 
 async def describe(bootstrap: str, timeout: float) -> dict:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000)
-    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     try:
         await admin.start()
         return await admin.describe_cluster()
