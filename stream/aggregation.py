@@ -6,6 +6,8 @@ backtest and the tests pass dicts). For a record of partition ``p``:
 1. a review whose day is already closed on ``p`` is dead-lettered as ``late``;
    a review_id seen before is skipped (same content) or dead-lettered
    (``duplicate_conflict``); otherwise it is added to its product's window;
+   The window table holds one record per (product, day) plus one meta record per
+   product, so a review rewrites one small day record, not the product's whole window;
 2. the partition's stream time advances; when that closes days, every product of
    ``p`` is evaluated at each newly closed day (so idle products can turn falling),
    and each state change becomes a TrendChange.
@@ -25,6 +27,15 @@ from stream.trends import DetectorParams, close_through
 from stream.windows import PartitionClock, ProductState
 
 TICK_KEY: Final = b"__tick__"
+_META: Final = "\x1fmeta"
+
+
+def _meta_key(product_id: str) -> str:
+    return product_id + _META
+
+
+def _bucket_key(product_id: str, day: int) -> str:
+    return f"{product_id}\x1f{day}"
 
 
 def tick_record(timestamp_ms: int) -> bytes:
@@ -62,10 +73,12 @@ class Aggregator:
     windows: MutableMapping[str, bytes]
     clocks: MutableMapping[str, bytes]
     _products: dict[int, set[str]] = field(default_factory=dict)
+    _states: dict[str, ProductState] = field(default_factory=dict)
 
     def forget_partitions(self) -> None:
-        """Drop the product index (after a rebalance it is rebuilt from the table)."""
+        """Drop the index and decoded states: after a rebalance the tables are the truth."""
         self._products.clear()
+        self._states.clear()
 
     def on_score(self, partition: int, score: ReviewScore) -> StepResult:
         """Apply one scored review, then advance the partition's stream time."""
@@ -85,18 +98,22 @@ class Aggregator:
         return self._advance(partition, self._clock(partition), timestamp_ms)
 
     def _add(self, partition: int, score: ReviewScore, result: StepResult) -> None:
-        raw = self.windows.get(score.product_id)
-        state = ProductState.from_bytes(raw) if raw else ProductState(score.product_id, partition)
+        state = self._state(score.product_id) or ProductState(score.product_id, partition)
         text_score = score.score if score.is_text_used else None
+        day = day_of(score.ts_ms)
+        is_new_day = day not in state.buckets
         outcome = state.add((score.review_id, score.content_sha256, text_score, score.rating),
-                            day_of(score.ts_ms))
+                            day)
         if outcome == "conflict":
             detail = f"review_id {score.review_id!r} was seen before with other content"
             result.rejected = Rejected("duplicate_conflict", detail, score)
         elif outcome == "duplicate":
             result.is_duplicate = True
         else:
-            self.windows[score.product_id] = state.to_bytes()
+            self._states[state.product_id] = state
+            self.windows[_bucket_key(state.product_id, day)] = state.bucket_bytes(day)
+            if is_new_day:  # the meta lists the days: write it after the bucket
+                self.windows[_meta_key(state.product_id)] = state.meta_bytes()
             self._products_of(partition).add(score.product_id)
             result.is_accepted = True
 
@@ -106,12 +123,31 @@ class Aggregator:
             return []
         changes: list[TrendChange] = []
         for product_id in sorted(self._products_of(partition)):
-            state = ProductState.from_bytes(self.windows[product_id])
-            changes += close_through(state, closed, self.params, model_id=self.model_id,
-                                     evidence_k=self.evidence_k)
-            self.windows[product_id] = state.to_bytes()
+            state = self._state(product_id)
+            if state is None:
+                continue
+            days_before = set(state.buckets)
+            found = close_through(state, closed, self.params, model_id=self.model_id,
+                                  evidence_k=self.evidence_k)
+            evicted = days_before - set(state.buckets)
+            if found or evicted:  # else re-evaluating after a restart finds nothing either
+                for day in evicted:
+                    del self.windows[_bucket_key(product_id, day)]
+                self.windows[_meta_key(product_id)] = state.meta_bytes()
+            changes += found
         self.clocks[str(partition)] = clock.to_bytes()
         return changes
+
+    def _state(self, product_id: str) -> ProductState | None:
+        state = self._states.get(product_id)
+        if state is None:
+            meta = self.windows.get(_meta_key(product_id))
+            if meta is None:
+                return None
+            buckets = {d: self.windows[_bucket_key(product_id, d)]
+                       for d in ProductState.days_in(meta)}
+            state = self._states[product_id] = ProductState.from_parts(meta, buckets)
+        return state
 
     def _clock(self, partition: int) -> PartitionClock:
         raw = self.clocks.get(str(partition))
@@ -120,7 +156,7 @@ class Aggregator:
     def _products_of(self, partition: int) -> set[str]:
         known = self._products.get(partition)
         if known is None:
-            known = {pid for pid, raw in self.windows.items()
-                     if ProductState.from_bytes(raw).partition == partition}
+            known = {key[:-len(_META)] for key, raw in self.windows.items()
+                     if key.endswith(_META) and json.loads(raw)["part"] == partition}
             self._products[partition] = known
         return known

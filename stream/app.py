@@ -69,9 +69,9 @@ def build_app(pipeline: Pipeline) -> faust.App:
     trends = app.topic(s.topic(s.topic_trends), **raw)
     dlq = app.topic(s.topic(s.topic_dlq), **raw)
     windows = app.Table("product-windows", partitions=s.partitions, key_type=str,
-                        value_type=bytes, key_serializer="raw", value_serializer="raw")
+                        value_type=bytes)  # raw bytes: our own compact encoding
     clocks = app.Table("partition-clocks", partitions=s.partitions, key_type=str,
-                       value_type=bytes, key_serializer="raw", value_serializer="raw")
+                       value_type=bytes)
     aggregator = Aggregator(params=pipeline.params, model_id=pipeline.scorer.model_id,
                             allowed_lateness_ms=int(s.allowed_lateness_s * 1000),
                             evidence_k=s.evidence_top_k, windows=windows, clocks=clocks)

@@ -1,7 +1,9 @@
 """Per-product event-time window state, and the per-partition stream clock. Pure.
 
 A product's state is a set of daily UTC buckets, each holding its reviews as
-``(review_id, content_sha256, score or None, rating or None)``. Aggregates (counts,
+``(review_id, content_sha256, score or None, rating or None)``. It is stored as one
+small record per day plus a meta record, so adding a review rewrites one day, not the
+whole window (a hot product's window can hold thousands of reviews). Aggregates (counts,
 means) are derived at evaluation time from the reviews sorted by review_id, so the
 result does not depend on arrival order and a re-delivered review is recognized by its
 id (idempotent state). Buckets older than the detector's lookback are evicted.
@@ -58,28 +60,41 @@ class ProductState:
         found = [r for d, b in self.buckets.items() if first_day <= d <= last_day for r in b]
         return sorted(found)
 
-    def evict_before(self, day: int) -> None:
-        """Drop buckets of days before ``day`` (outside every future window)."""
-        for old in [d for d in self.buckets if d < day]:
+    def evict_before(self, day: int) -> list[int]:
+        """Drop buckets of days before ``day`` (outside every future window); return them."""
+        evicted = [d for d in self.buckets if d < day]
+        for old in evicted:
             for review in self.buckets.pop(old):
                 del self._content_by_id[review[0]]
+        return evicted
 
-    def to_bytes(self) -> bytes:
-        """Compact JSON for the changelog."""
-        body = {"v": STATE_VERSION, "p": self.product_id, "part": self.partition,
-                "t": self.trend, "e": self.evaluated_through_day, "l": self.last_review_day,
-                "b": [[d, [list(r) for r in rs]] for d, rs in sorted(self.buckets.items())]}
-        return json.dumps(body, separators=(",", ":")).encode()
+    def meta_bytes(self) -> bytes:
+        """Everything but the buckets' contents (which days exist, trend, progress)."""
+        return json.dumps({"v": STATE_VERSION, "p": self.product_id, "part": self.partition,
+                           "t": self.trend, "e": self.evaluated_through_day,
+                           "l": self.last_review_day, "days": sorted(self.buckets)},
+                          separators=(",", ":")).encode()
+
+    def bucket_bytes(self, day: int) -> bytes:
+        """One day's reviews as compact JSON."""
+        return json.dumps(self.buckets[day], separators=(",", ":")).encode()
+
+    @staticmethod
+    def days_in(meta: bytes) -> list[int]:
+        """The bucket days a meta record lists."""
+        return list(json.loads(meta)["days"])
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> ProductState:
-        body = json.loads(raw)
+    def from_parts(cls, meta: bytes, buckets: dict[int, bytes]) -> ProductState:
+        """Rebuild a state from its meta record and its day buckets."""
+        body = json.loads(meta)
         if body.get("v") != STATE_VERSION:
             msg = f"product state version {body.get('v')!r} is not {STATE_VERSION}"
             raise ValueError(msg)
-        buckets = {d: [(r[0], r[1], r[2], r[3]) for r in rs] for d, rs in body["b"]}
+        decoded = {d: [(r[0], r[1], r[2], r[3]) for r in json.loads(buckets[d])]
+                   for d in body["days"]}
         return cls(product_id=body["p"], partition=body["part"], trend=body["t"],
-                   evaluated_through_day=body["e"], last_review_day=body["l"], buckets=buckets)
+                   evaluated_through_day=body["e"], last_review_day=body["l"], buckets=decoded)
 
 
 @dataclass(slots=True)
