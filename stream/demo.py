@@ -107,7 +107,7 @@ def _line(change: TrendChange, names: dict[str, str]) -> str:
     end = change.window_end - timedelta(days=1)
     return (f"{end:%Y-%m-%d}  {name:<44}  {change.previous_state:>7} → {new:<10} "
             f"last 30d {sig.recent_count:>4} vs prior 60d {sig.baseline_count:>4} "
-            f"(×{min(sig.volume_ratio, 99):.2f})  text {score}  stars {rating}")
+            f"(ratio {min(sig.volume_ratio, 99):.2f})  text {score}  stars {rating}")
 
 
 async def _follow_trends(settings: Settings, sink: list[TrendChange], stop: asyncio.Event,

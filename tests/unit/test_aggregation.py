@@ -80,6 +80,7 @@ def test_state_survives_a_restart_from_the_tables() -> None:
     events_two = [c for d in range(120) for c in two_first.on_score(0, _score("A", d)).changes]
     restarted = Aggregator(params=DetectorParams(), model_id="m", allowed_lateness_ms=0,
                            evidence_k=3, windows=two_first.windows, clocks=two_first.clocks)
-    events_two += [c for d in range(120, 250) for c in restarted.on_score(0, _score("A", d)).changes]
+    events_two += [c for d in range(120, 250)
+                   for c in restarted.on_score(0, _score("A", d)).changes]
     assert [e.event_id for e in events_one] == [e.event_id for e in events_two]
     assert len(events_one) >= 1

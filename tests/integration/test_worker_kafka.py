@@ -1,0 +1,106 @@
+"""The worker against the real broker: N in, N scored, the hand-computed trends, DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from stream.artifact import read_manifest
+from stream.events import DeadLetter, ReviewScore, TrendChange, trend_event_id
+from stream.replay import plan, produce
+from stream.settings import Settings
+from stream.topics import ensure_topics
+
+from .helpers import Worker, read_topic, unique_env, wait_for
+
+pytestmark = pytest.mark.integration
+START = datetime(2017, 1, 1, tzinfo=UTC)
+
+
+def _same_partition_ids(n: int, partitions: int = 6) -> list[str]:
+    """Product ids that Kafka's default partitioner puts on one partition."""
+    part = DefaultPartitioner()
+    all_p = list(range(partitions))
+    ids = [f"prod-{i}" for i in range(200)]
+    target = part(ids[0].encode(), all_p, all_p)
+    return [i for i in ids if part(i.encode(), all_p, all_p) == target][:n]
+
+
+def _review(pid: str, day: int, i: int) -> dict[str, object]:
+    return {"review_id": f"{pid}-{day:03d}-{i}", "product_id": pid,
+            "ts": (START + timedelta(days=day, hours=12)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "text": f"Review {i} of day {day}: works fine.", "rating": 4, "title": None,
+            "source": "test", "category": "test", "unknown_extra": "ignored"}
+
+
+def _series(a: str, b: str) -> list[dict[str, object]]:
+    """A: 2 reviews/day for days 0-179 then silence; B: 1 review/day for days 0-399."""
+    rows = [_review(a, d, i) for d in range(180) for i in range(2)]
+    rows += [_review(b, d, 0) for d in range(400)]
+    return sorted(rows, key=lambda r: (str(r["ts"]), str(r["review_id"])))
+
+
+def _expected(a: str, b: str, model_id: str) -> set[tuple[str, str, str, str]]:
+    """Hand-computed (see tests/unit/test_trends.py): change days for A and B."""
+    days = {a: [("stable", "rising", 10), ("rising", "stable", 78), ("stable", "falling", 193)],
+            b: [("stable", "rising", 20), ("rising", "stable", 78)]}
+    out = set()
+    for pid, changes in days.items():
+        for prev, new, end_day in changes:
+            end = START + timedelta(days=end_day)
+            out.add((pid, prev, new, trend_event_id(product_id=pid, previous_state=prev,
+                                                    new_state=new, window_end=end,
+                                                    model_id=model_id,
+                                                    detector_version="volume-v1")))
+    return out
+
+
+def test_reviews_in_scores_trends_and_dead_letters_out(kafka_bootstrap: str,
+                                                      tiny_model_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """760 good reviews and 7 malformed ones: 760 scored, 7 dead-lettered, exact trend events."""
+    env = unique_env(kafka_bootstrap, tiny_model_dir, TRENDSTREAM_ALLOWED_LATENESS_S="0")
+    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()})
+    a, b = _same_partition_ids(2)
+    rows = _series(a, b)
+    records = plan(rows, malformed=7, seed=3)
+    asyncio.run(ensure_topics(settings))
+    worker = Worker(env, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        asyncio.run(produce(settings, records, topic=settings.topic("reviews")))
+        stats = wait_for(lambda: (s := worker.get("/stats")) and s["accepted"] +
+                         s["dead_lettered_total"] + s["duplicates_skipped"] >= len(records) and s,
+                         timeout_s=180, what="all records processed")
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+
+    scores = [ReviewScore.model_validate_json(v) for _, _, v in
+              read_topic(kafka_bootstrap, settings.topic("review-scores"))]
+    assert sorted(s.review_id for s in scores) == sorted(str(r["review_id"]) for r in rows)
+    assert all(0.0 <= s.score <= 1.0 for s in scores)
+
+    dead = [DeadLetter.model_validate_json(v) for _, _, v in
+            read_topic(kafka_bootstrap, settings.topic("reviews-dlq"))]
+    assert Counter(d.reason for d in dead) == Counter(
+        ["invalid_json", "invalid_utf8", "missing_field", "empty_text", "bad_timestamp",
+         "wrong_type", "key_mismatch"])
+    assert all(d.raw_sha256 and d.stage == "score" for d in dead)
+
+    trends = read_topic(kafka_bootstrap, settings.topic("trends"))
+    changes = [TrendChange.model_validate_json(v) for _, _, v in trends]
+    assert all(k == c.product_id.encode() for (_, k, _), c in zip(trends, changes, strict=True))
+    model_id = read_manifest(tiny_model_dir).model_id
+    got = {(c.product_id, c.previous_state, c.new_state, c.event_id) for c in changes}
+    assert got == _expected(a, b, model_id)
+    assert len(changes) == len(got)
+    assert (stats["accepted"], stats["dead_lettered_total"], stats["duplicates_skipped"]) == \
+        (760, 7, 0)
+    assert stats["unknown_fields"] == 760
+    assert json.dumps(stats)  # the page is JSON
