@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from mode import CrashingSupervisor
 from pydantic import ValidationError
 
 from stream.aggregation import TICK_KEY, Aggregator, tick_record
@@ -28,6 +29,7 @@ from stream.inference import Scorer
 from stream.scoring import RawRecord, prepare, to_scores
 from stream.settings import Settings
 from stream.stats import Stats
+from stream.topics import CLOCKS_TABLE, WINDOWS_TABLE
 from stream.trends import DetectorParams
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,9 @@ def _faust_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest", web_bind=settings.web_host,
         web_port=settings.web_port, web_host=settings.web_host, web_enabled=True,
         table_cleanup_interval=3600.0, key_serializer="raw", value_serializer="raw",
+        # A crashed agent stops the worker (the orchestrator restarts it) instead of a
+        # half-alive process that reports ready while one stage is dead.
+        agent_supervisor=CrashingSupervisor,
     )
 
 
@@ -68,9 +73,9 @@ def build_app(pipeline: Pipeline) -> faust.App:
     scores = app.topic(s.topic(s.topic_scores), **raw)
     trends = app.topic(s.topic(s.topic_trends), **raw)
     dlq = app.topic(s.topic(s.topic_dlq), **raw)
-    windows = app.Table("product-windows", partitions=s.partitions, key_type=str,
+    windows = app.Table(WINDOWS_TABLE, partitions=s.partitions, key_type=str,
                         value_type=bytes)  # raw bytes: our own compact encoding
-    clocks = app.Table("partition-clocks", partitions=s.partitions, key_type=str,
+    clocks = app.Table(CLOCKS_TABLE, partitions=s.partitions, key_type=str,
                        value_type=bytes)
     aggregator = Aggregator(params=pipeline.params, model_id=pipeline.scorer.model_id,
                             allowed_lateness_ms=int(s.allowed_lateness_s * 1000),

@@ -29,7 +29,7 @@ from stream.events import TrendChange
 from stream.replay import replay
 from stream.reviewfile import read_products
 from stream.settings import REPO_ROOT, Settings
-from stream.topics import delete_topics, ensure_topics, topic_names
+from stream.topics import changelog_names, delete_topics, ensure_topics, topic_names
 
 DEFAULT_DATA = REPO_ROOT / "data" / "datafiniti-amazon-devices" / "reviews.jsonl.gz"
 READY_TIMEOUT_S = 180.0
@@ -99,8 +99,8 @@ class WorkerProcess:
 
 def _line(change: TrendChange, names: dict[str, str]) -> str:
     sig = change.signals
-    name = names.get(change.product_id, change.product_id)
-    name = name if len(name) <= 44 else name[:41] + "..."
+    name = names.get(change.product_id, "")
+    name = (name if len(name) <= 36 else name[:34] + "..") + f" [{change.product_id[-6:]}]"
     new = "went quiet" if change.new_state == "falling" and change.is_quiet else change.new_state
     score = "—" if sig.mean_score_recent is None else f"{sig.mean_score_recent:.2f}"
     rating = "—" if sig.mean_rating_recent is None else f"{sig.mean_rating_recent:.1f}"
@@ -126,9 +126,8 @@ async def _follow_trends(settings: Settings, sink: list[TrendChange], stop: asyn
                     change = TrendChange.model_validate_json(record.value)
                     sink.append(change)
                     on_change(change)
-        # drain what is left after the stop signal
-        end = await consumer.end_offsets(consumer.assignment())
-        while any(await consumer.position(tp) < off for tp, off in end.items()):
+        end = await consumer.end_offsets(list(consumer.assignment()))
+        while await _behind(consumer, end):  # drain what is left after the stop signal
             for records in (await consumer.getmany(timeout_ms=300)).values():
                 for record in records:
                     change = TrendChange.model_validate_json(record.value)
@@ -136,6 +135,13 @@ async def _follow_trends(settings: Settings, sink: list[TrendChange], stop: asyn
                     on_change(change)
     finally:
         await consumer.stop()
+
+
+async def _behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    for tp, offset in end.items():
+        if await consumer.position(tp) < offset:
+            return True
+    return False
 
 
 def _periods(manifest: Manifest, lookback_days: int) -> dict[str, datetime]:
@@ -215,9 +221,7 @@ def run_demo(settings: Settings, *, data: Path | None, out: Path, malformed: int
 
 
 async def _cleanup(settings: Settings) -> None:
-    internal = [f"{settings.app_id}-{t}-changelog" for t in ("product-windows",
-                                                              "partition-clocks")]
-    await delete_topics(settings, topic_names(settings) + internal)
+    await delete_topics(settings, topic_names(settings) + changelog_names(settings))
 
 
 def _print_header(manifest: Manifest, data: Path, periods: dict[str, datetime],

@@ -103,7 +103,7 @@ def read_topic(bootstrap: str, topic: str, *, partitions: int = 6,
             end = await consumer.end_offsets(tps)
             out: list[tuple[int, bytes | None, bytes | None]] = []
             deadline = time.monotonic() + timeout_s
-            while any(await consumer.position(tp) < end[tp] for tp in tps):
+            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"could not read {topic} to its end")
                 for tp, records in (await consumer.getmany(timeout_ms=500)).items():
