@@ -103,14 +103,16 @@ def read_reviews(paths: Sequence[Path]) -> ReviewTable:
     seen: dict[str, str] = {}
     for path in map(Path, paths):
         for lineno, row in _records(path):
-            where = f"{path}:{lineno}"
-            if (first := seen.setdefault(row[0], where)) != where:
-                msg = f"{where}: review_id {row[0]!r} already read at {first}; pass each file once"
+            if row[0] in seen:
+                msg = (f"{path}:{lineno}: review_id {row[0]!r} already read at {seen[row[0]]}; "
+                       f"pass each file once")
                 raise DataError(msg)
+            seen[row[0]] = f"{path}:{lineno}"
             rows.append(row)
     if not rows:
         raise DataError(f"no reviews in {[str(p) for p in paths]}; pass non-empty review files")
-    review_id, product_id, source, ts_s, text = (np.array(c, dtype=object) for c in zip(*rows))
+    review_id, product_id, source, ts_s, text = (np.array(c, dtype=object)
+                                                 for c in zip(*rows, strict=True))
     order = np.lexsort((review_id, ts_s.astype(np.int64)))
     return ReviewTable(review_id=review_id[order], product_id=product_id[order],
                        source=source[order], ts_s=ts_s.astype(np.int64)[order], text=text[order])
@@ -178,7 +180,8 @@ def _choose_cuts(t: np.ndarray, horizon_s: int,
     a, b = candidates[:, None], candidates[None, :]
     sizes = _split_sizes(t, a, b, horizon_s)
     target = np.asarray(fractions) / sum(fractions) * len(t)
-    error = sum(((n - want) / want) ** 2 for n, want in zip(sizes, target, strict=True)).astype(float)
+    error = sum(((n - want) / want) ** 2 for n, want in zip(sizes, target, strict=True))
+    error = error.astype(float)
     error[(b <= a) | (np.minimum(np.minimum(*sizes[:2]), sizes[2]) == 0)] = np.inf
     i, j = np.unravel_index(np.argmin(error), error.shape)
     return int(candidates[i]), int(candidates[j])
@@ -207,6 +210,20 @@ def temporal_split(ts_s: np.ndarray, labels: np.ndarray, *, horizon_days: int,
                f"--horizon-days")
         raise DataError(msg)
     return split
+
+
+def balanced_sample(product_id: np.ndarray, labels: np.ndarray, *, n: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Up to ``n`` row indices spread evenly over (product, label) cells, without replacement.
+
+    Cells are filled round-robin in random order, so small cells give all they have and
+    big products cannot dominate; within a product, up and down weigh the same.
+    """
+    cells = np.array([f"{p}\x1f{y}" for p, y in zip(product_id, labels, strict=True)])
+    rank = np.empty(len(cells), dtype=np.int64)
+    for rows in _groups(cells):
+        rank[rng.permutation(rows)] = np.arange(len(rows))
+    return np.sort(np.lexsort((rng.random(len(rank)), rank))[:n])
 
 
 def label_balance(labels: np.ndarray) -> dict[str, float]:

@@ -15,9 +15,10 @@ from types import ModuleType
 from typing import Final, Literal
 
 import numpy as np
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
-from stream.artifact import Manifest, load_model_dir
+from stream.artifact import Manifest, Variant, load_model_dir, read_manifest
+from stream.batching import CPU_CHUNK_SIZE, chunks, pad, truncate
 from stream.errors import ArtifactError, RuntimeMissingError
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,6 @@ log = logging.getLogger(__name__)
 MAX_UNK_RATIO: Final = 0.5
 """Above this share of [UNK] tokens the model cannot read the text: the review counts
 toward volume but not toward the text signal."""
-
-CPU_CHUNK_SIZE: Final = 8
-"""Length-sorted chunk size on CPU: padding is what costs there, not call overhead."""
 
 Provider = Literal["cpu", "cuda"]
 
@@ -96,7 +94,7 @@ class Scorer:
         ort = import_onnxruntime()
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_model_dir(self.model_dir) if verify else \
-            _read_unverified(self.model_dir)
+            read_manifest(self.model_dir)
         ort.set_default_logger_severity(3)  # CUDA-unavailable fallback chatter
         providers = _providers(ort, provider)
         first = self._pick_variant(variant, "cuda" if providers[0].startswith("CUDA") else "cpu")
@@ -120,7 +118,7 @@ class Scorer:
     def model_id(self) -> str:
         return self.manifest.model_id
 
-    def _pick_variant(self, variant: str, provider: Provider):  # -> Variant
+    def _pick_variant(self, variant: str, provider: Provider) -> Variant:
         name = self.manifest.default_variant[provider] if variant == "auto" else variant
         if name not in self.manifest.variants:
             msg = (f"{self.model_dir}: variant {name!r} not in the manifest "
@@ -128,7 +126,8 @@ class Scorer:
             raise ArtifactError(msg)
         return self.manifest.variants[name]
 
-    def _reload_for_cpu(self, ort: ModuleType, variant: str, threads: int, current):  # -> Variant
+    def _reload_for_cpu(self, ort: ModuleType, variant: str, threads: int,
+                        current: Variant) -> Variant:
         chosen = self._pick_variant(variant, "cpu")
         if chosen.file != current.file:
             self.session = ort.InferenceSession(str(self.model_dir / chosen.file),
@@ -136,44 +135,22 @@ class Scorer:
                                                 providers=["CPUExecutionProvider"])
         return chosen
 
-    def encode(self, texts: Sequence[str]) -> list[Encoding]:
-        """Tokenize without padding or truncation (lengths drive the chunking)."""
-        return self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
-
     def score(self, texts: Sequence[str]) -> ScoredBatch:
         """Score texts in length-sorted chunks; results follow the input order."""
-        encodings = self.encode(texts)
-        n = len(encodings)
-        scores = np.empty(n, dtype=np.float32)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int32, count=n)
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, n, self.chunk_size):
-            idx = order[start:start + self.chunk_size]
-            scores[idx] = self._run([encodings[i] for i in idx])
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int32,
+                              count=len(encodings))
+        ids = [truncate(e.ids, self.max_length) for e in encodings]
+        scores = np.empty(len(ids), dtype=np.float32)
+        for idx in chunks(ids, size=self.chunk_size):
+            feeds = pad([ids[i] for i in idx])
+            logits = self.session.run(None, {k: feeds[k] for k in self._input_names})[0]
+            scores[idx] = 1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float64)))
         unk = self.manifest.unk_token_id
         unk_ratio = np.fromiter(
-            (sum(1 for t in e.ids[1:-1] if t == unk) / max(1, len(e.ids) - 2) for e in encodings),
-            dtype=np.float32, count=n)
+            (e.ids[1:-1].count(unk) / max(1, len(e.ids) - 2) for e in encodings),
+            dtype=np.float32, count=len(encodings))
         return ScoredBatch(scores=scores, unk_ratio=unk_ratio, n_tokens=lengths,
                            is_truncated=lengths > self.max_length)
 
-    def _run(self, encodings: list[Encoding]) -> np.ndarray:
-        width = min(self.max_length, max(len(e.ids) for e in encodings))
-        feeds = {name: np.zeros((len(encodings), width), dtype=np.int64)
-                 for name in ("input_ids", "attention_mask", "token_type_ids")}
-        for row, enc in enumerate(encodings):
-            ids = _truncate(enc.ids, self.max_length)
-            feeds["input_ids"][row, :len(ids)] = ids
-            feeds["attention_mask"][row, :len(ids)] = 1
-        logits = self.session.run(None, {k: feeds[k] for k in self._input_names})[0]
-        return (1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float64)))).astype(np.float32)
 
-
-def _truncate(ids: list[int], max_length: int) -> list[int]:
-    """Keep the head of the review and its final [SEP] token."""
-    return ids if len(ids) <= max_length else [*ids[:max_length - 1], ids[-1]]
-
-
-def _read_unverified(model_dir: Path) -> Manifest:
-    from stream.artifact import read_manifest
-    return read_manifest(model_dir)
