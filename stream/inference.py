@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib import metadata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,12 @@ Provider = Literal["cpu", "cuda"]
 
 def import_onnxruntime() -> ModuleType:
     """Import ONNX Runtime or explain which extra to install."""
+    installed = [d for d in ("onnxruntime", "onnxruntime-gpu") if _has_distribution(d)]
+    if len(installed) > 1:
+        msg = ("both onnxruntime and onnxruntime-gpu are installed; they share one module "
+               "folder and break each other. Uninstall both, then install exactly one extra: "
+               "`trendstream[cpu]` or `trendstream[gpu]`.")
+        raise RuntimeMissingError(msg)
     try:
         import onnxruntime
     except ImportError as exc:
@@ -40,6 +47,14 @@ def import_onnxruntime() -> ModuleType:
                "`pip install 'trendstream[gpu]'` (onnxruntime-gpu); never both.")
         raise RuntimeMissingError(msg) from exc
     return onnxruntime
+
+
+def _has_distribution(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def review_text(title: str | None, text: str) -> str:

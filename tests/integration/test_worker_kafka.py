@@ -104,3 +104,39 @@ def test_reviews_in_scores_trends_and_dead_letters_out(kafka_bootstrap: str,
         (760, 7, 0)
     assert stats["unknown_fields"] == 760
     assert json.dumps(stats)  # the page is JSON
+
+
+def test_restart_then_idle_ticks_turn_a_silent_product_falling(
+        kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A product alone on its partition: state survives a restart, then ticks make it fall."""
+    env = unique_env(kafka_bootstrap, tiny_model_dir, TRENDSTREAM_ALLOWED_LATENESS_S="0")
+    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()})
+    (a,) = _same_partition_ids(1)
+    rows = [r for r in _series(a, "unused") if r["product_id"] == a]
+    asyncio.run(ensure_topics(settings))
+    first = Worker(env, tmp_path / "worker1.log")  # event time only: no fall without events
+    try:
+        first.wait_ready()
+        asyncio.run(produce(settings, plan(rows, malformed=0, seed=0),
+                            topic=settings.topic("reviews")))
+        wait_for(lambda: (first.get("/stats") or {}).get("accepted") == len(rows),
+                 timeout_s=120, what="all reviews aggregated")
+    finally:
+        assert first.stop() == 0, first.log_tail()
+    # Wall-clock ticks are for live feeds; switched on only now that the history is in.
+    second = Worker({**env, "TRENDSTREAM_IDLE_TICK_INTERVAL_S": "1"}, tmp_path / "worker2.log")
+    try:
+        second.wait_ready()
+        wait_for(lambda: (second.get("/stats") or {}).get("trend_events_total", 0) >= 1,
+                 timeout_s=60, what="the falling event from a tick")
+    finally:
+        assert second.stop() == 0, second.log_tail()
+    changes = [TrendChange.model_validate_json(v) for _, _, v in
+               read_topic(kafka_bootstrap, settings.topic("trends"))]
+    model_id = read_manifest(tiny_model_dir).model_id
+    expected = {e for e in _expected(a, "unused", model_id) if e[0] == a}
+    assert [(c.previous_state, c.new_state) for c in changes] == \
+        [("stable", "rising"), ("rising", "stable"), ("stable", "falling")]
+    assert {(c.product_id, c.previous_state, c.new_state, c.event_id) for c in changes} == \
+        expected
+    assert changes[-1].signals.days_since_last_review == 13
