@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-from importlib import metadata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Final, Literal
