@@ -11,12 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,71 +25,15 @@ from stream.replay import replay
 from stream.reviewfile import read_products
 from stream.settings import REPO_ROOT, Settings
 from stream.topics import changelog_names, delete_topics, ensure_topics, topic_names
+from stream.workerproc import WorkerProcess, free_port
 
 DEFAULT_DATA = REPO_ROOT / "data" / "datafiniti-amazon-devices" / "reviews.jsonl.gz"
 READY_TIMEOUT_S = 180.0
 STALL_TIMEOUT_S = 180.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _get_json(url: str) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
-
-
 def _date(value: str) -> datetime:
     return datetime.fromisoformat(value).astimezone(UTC)
-
-
-class WorkerProcess:
-    """A `trendstream worker` child process with its own settings."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, web_port: int) -> None:
-        self.log_path = log_path
-        self.url = f"http://127.0.0.1:{web_port}"
-        self._log = log_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=REPO_ROOT)
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text().splitlines()[-25:]
-            msg = f"worker exited with {self.proc.returncode}; log {self.log_path}:\n" + \
-                "\n".join(tail)
-            raise StreamError(msg)
-
-    def wait_ready(self) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < READY_TIMEOUT_S:
-            self.check_alive()
-            status = _get_json(f"{self.url}/readyz")
-            if status and status.get("ready"):
-                return time.monotonic() - started
-            time.sleep(0.5)
-        raise StreamError(f"worker not ready after {READY_TIMEOUT_S:.0f} s; see {self.log_path}")
-
-    def stats(self) -> dict[str, Any]:
-        self.check_alive()
-        return _get_json(f"{self.url}/stats") or {}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 def _line(change: TrendChange, names: dict[str, str]) -> str:
@@ -176,7 +115,7 @@ async def _run(settings: Settings, worker: WorkerProcess, data: Path, periods: d
 def _wait_processed(worker: WorkerProcess, produced: int) -> dict[str, Any]:
     last_progress, last_total = time.monotonic(), -1
     while True:
-        stats = worker.stats()
+        stats = worker.get("/stats") or {}
         total = stats.get("accepted", 0) + stats.get("duplicates_skipped", 0) + \
             stats.get("dead_lettered_total", 0)
         if total >= produced:
@@ -195,7 +134,7 @@ def run_demo(settings: Settings, *, data: Path | None, out: Path, malformed: int
     data = data or DEFAULT_DATA
     manifest = read_manifest(settings.model_dir)
     run_id = datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
-    web_port = _free_port()
+    web_port = free_port()
     overrides = {"TRENDSTREAM_TOPIC_PREFIX": f"{run_id}.", "TRENDSTREAM_APP_ID":
                  f"trendstream-{run_id}", "TRENDSTREAM_WEB_PORT": str(web_port)}
     settings = settings.model_copy(update={"topic_prefix": overrides["TRENDSTREAM_TOPIC_PREFIX"],
@@ -204,9 +143,10 @@ def run_demo(settings: Settings, *, data: Path | None, out: Path, malformed: int
     out.mkdir(parents=True, exist_ok=True)
     _print_header(manifest, data, periods, settings)
     asyncio.run(ensure_topics(settings))
-    worker = WorkerProcess({**os.environ, **overrides}, out / "worker.log", web_port)
+    (out / "worker.log").unlink(missing_ok=True)
+    worker = WorkerProcess({**os.environ, **overrides}, out / "worker.log")
     try:
-        ready_s = worker.wait_ready()
+        ready_s = worker.wait_ready(READY_TIMEOUT_S)
         print(f"worker ready in {ready_s:.1f} s (log: {worker.log_path})\n", flush=True)
         result = asyncio.run(_run(settings, worker, data, periods, malformed,
                                   read_products(data)))

@@ -1,16 +1,10 @@
-"""Helpers for tests against the real broker: a worker process, topic readers, polling."""
+"""Helpers for tests against the real broker: settings, worker processes, topic readers."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,13 +12,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from stream.workerproc import WorkerProcess, free_port
 
 
 def unique_env(bootstrap: str, model_dir: Path, **extra: str) -> dict[str, str]:
@@ -47,46 +35,9 @@ def wait_for(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-class Worker:
-    """A real `trendstream worker` process."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.port = int(env["TRENDSTREAM_WEB_PORT"])
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"],
-                                     env={**os.environ, **env}, cwd=REPO, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-
-    def get(self, path: str) -> dict[str, Any] | None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"worker died ({self.proc.returncode}):\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return json.loads(exc.read())
-        except OSError:
-            return None
-
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        wait_for(lambda: (self.get("/readyz") or {}).get("ready"), timeout_s=timeout_s,
-                 what="worker readiness")
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+def start_worker(env: dict[str, str], log_path: Path) -> WorkerProcess:
+    """A real worker process with the test's settings on top of this environment."""
+    return WorkerProcess({**os.environ, **env}, log_path)
 
 
 def read_topic(bootstrap: str, topic: str, *, partitions: int = 6,

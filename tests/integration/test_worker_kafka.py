@@ -17,7 +17,7 @@ from stream.replay import plan, produce
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
-from .helpers import Worker, read_topic, unique_env, wait_for
+from .helpers import read_topic, start_worker, unique_env, wait_for
 
 pytestmark = pytest.mark.integration
 START = datetime(2017, 1, 1, tzinfo=UTC)
@@ -71,7 +71,7 @@ def test_reviews_in_scores_trends_and_dead_letters_out(kafka_bootstrap: str,
     rows = _series(a, b)
     records = plan(rows, malformed=7, seed=3)
     asyncio.run(ensure_topics(settings))
-    worker = Worker(env, tmp_path / "worker.log")
+    worker = start_worker(env, tmp_path / "worker.log")
     try:
         worker.wait_ready()
         asyncio.run(produce(settings, records, topic=settings.topic("reviews")))
@@ -114,7 +114,7 @@ def test_restart_then_idle_ticks_turn_a_silent_product_falling(
     (a,) = _same_partition_ids(1)
     rows = [r for r in _series(a, "unused") if r["product_id"] == a]
     asyncio.run(ensure_topics(settings))
-    first = Worker(env, tmp_path / "worker1.log")  # event time only: no fall without events
+    first = start_worker(env, tmp_path / "worker1.log")  # event time only: no fall without events
     try:
         first.wait_ready()
         asyncio.run(produce(settings, plan(rows, malformed=0, seed=0),
@@ -124,7 +124,8 @@ def test_restart_then_idle_ticks_turn_a_silent_product_falling(
     finally:
         assert first.stop() == 0, first.log_tail()
     # Wall-clock ticks are for live feeds; switched on only now that the history is in.
-    second = Worker({**env, "TRENDSTREAM_IDLE_TICK_INTERVAL_S": "1"}, tmp_path / "worker2.log")
+    ticking = {**env, "TRENDSTREAM_IDLE_TICK_INTERVAL_S": "1"}
+    second = start_worker(ticking, tmp_path / "worker2.log")
     try:
         second.wait_ready()
         wait_for(lambda: (second.get("/stats") or {}).get("trend_events_total", 0) >= 1,
