@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 from pathlib import Path
 
 from pydantic import ValidationError
+from torch.jit import TracerWarning
+from transformers.utils import logging as hf_logging
 
 from export.errors import ExportError
 from export.pipeline import DEFAULT_DATA, DEFAULT_OUT, ExportOptions, ExportResult, run_export
@@ -76,6 +79,19 @@ def summary(result: ExportResult) -> str:
     return "\n".join(lines)
 
 
+def _quiet_known_noise() -> None:
+    """Silence library messages that are expected here and only alarm a user.
+
+    "Some weights ... newly initialized" (the head is what we train), optimum's
+    accelerate hint and transformers' torch_dtype deprecation, and the tracer's
+    constant-folding warnings of the TorchScript ONNX export.
+    """
+    hf_logging.set_verbosity_error()
+    logging.getLogger("optimum").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=TracerWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(optimum|torch)\.")
+
+
 def main(argv: list[str]) -> int:
     """Parse ``argv``, run the export, print a summary; 0 on success, 1 on a failed check."""
     args = _parser().parse_args(argv)
@@ -83,6 +99,7 @@ def main(argv: list[str]) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s "
                                                           "%(name)s %(message)s")
         logging.getLogger("export").setLevel(logging.INFO)  # not ORT's per-tensor INFO lines
+    _quiet_known_noise()
     try:
         result = run_export(_options(args))
     except (ExportError, ValidationError) as exc:

@@ -4,17 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
+bootstrap=${TRENDSTREAM_KAFKA_BOOTSTRAP:-}
 started=""
-if [[ -z "${TRENDSTREAM_KAFKA_BOOTSTRAP:-}" ]]; then
+cleanup() {
+  if [[ -n "$started" ]]; then bash deploy/kafka/kafka.sh down >/dev/null || true; fi
+}
+trap cleanup EXIT
+if [[ -z "$bootstrap" ]]; then
   if bash deploy/kafka/kafka.sh status >/dev/null 2>&1; then
-    echo "using the local broker that is already running"
+    echo "using the local broker that is already running (make kafka-down stops it)"
   else
     PYTHON=$PYTHON bash deploy/kafka/kafka.sh up >/dev/null
     started=yes
   fi
-  TRENDSTREAM_KAFKA_BOOTSTRAP=$(cat .kafka/run/bootstrap)
-  export TRENDSTREAM_KAFKA_BOOTSTRAP
+  bootstrap=$(cat .kafka/run/bootstrap)
 fi
-cleanup() { [[ -n "$started" ]] && bash deploy/kafka/kafka.sh down >/dev/null || true; }
-trap cleanup EXIT
-HF_HUB_OFFLINE=1 "$PYTHON" -m stream demo "$@"
+# The bootstrap goes to the demo only: kafka.sh reads the same variable as "an external
+# cluster, start and stop nothing", which must not apply to the broker started here.
+TRENDSTREAM_KAFKA_BOOTSTRAP=$bootstrap HF_HUB_OFFLINE=1 "$PYTHON" -m stream demo "$@"

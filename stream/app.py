@@ -68,6 +68,9 @@ def build_app(pipeline: Pipeline) -> faust.App:
     """Create the faust app with its topics, tables, agents and pages."""
     s = pipeline.settings
     app = _faust_app(s)
+    # faust warns "producer buffer full" past 100 pending sends; a scored batch plus its
+    # changelog writes is more than that by design, and sends are awaited per batch.
+    app.producer.buffer.max_messages = 8 * s.batch_max_size + 1000
     raw = {"key_type": bytes, "value_type": bytes, "partitions": s.partitions}
     reviews = app.topic(s.topic(s.topic_reviews), **raw)
     scores = app.topic(s.topic(s.topic_scores), **raw)

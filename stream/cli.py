@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -84,13 +86,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(ensure_topics(settings))
         report = asyncio.run(replay(settings, args.file, speed=args.speed, since=args.since,
                                     until=args.until, malformed=args.malformed))
-        print(report)
+        print(json.dumps(dataclasses.asdict(report)))
         return 0
     if args.command == "score":
         from stream.batchscore import score_file
         counts = score_file(args.input, args.output, model_dir=args.model or settings.model_dir,
                             settings=settings)
-        print(counts)
+        print(json.dumps(counts))
         return 0
     if args.command == "demo":
         from stream.demo import run_demo

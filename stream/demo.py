@@ -49,8 +49,8 @@ def _line(change: TrendChange, names: dict[str, str]) -> str:
             f"(ratio {min(sig.volume_ratio, 99):.2f})  text {score}  stars {rating}")
 
 
-async def _follow_trends(settings: Settings, sink: list[TrendChange], stop: asyncio.Event,
-                         on_change: Any) -> None:
+async def _follow_trends(settings: Settings, sink: list[TrendChange],
+                         stop: asyncio.Event) -> None:
     topic = settings.topic(settings.topic_trends)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
@@ -62,16 +62,12 @@ async def _follow_trends(settings: Settings, sink: list[TrendChange], stop: asyn
             batches = await consumer.getmany(timeout_ms=300)
             for records in batches.values():
                 for record in records:
-                    change = TrendChange.model_validate_json(record.value)
-                    sink.append(change)
-                    on_change(change)
+                    sink.append(TrendChange.model_validate_json(record.value))
         end = await consumer.end_offsets(list(consumer.assignment()))
         while await _behind(consumer, end):  # drain what is left after the stop signal
             for records in (await consumer.getmany(timeout_ms=300)).values():
                 for record in records:
-                    change = TrendChange.model_validate_json(record.value)
-                    sink.append(change)
-                    on_change(change)
+                    sink.append(TrendChange.model_validate_json(record.value))
     finally:
         await consumer.stop()
 
@@ -91,20 +87,15 @@ def _periods(manifest: Manifest, lookback_days: int) -> dict[str, datetime]:
 
 
 async def _run(settings: Settings, worker: WorkerProcess, data: Path, periods: dict[str, Any],
-               malformed: int, names: dict[str, str]) -> dict[str, Any]:
+               malformed: int) -> dict[str, Any]:
     changes: list[TrendChange] = []
     stop = asyncio.Event()
-
-    def show(change: TrendChange) -> None:
-        if change.window_end > periods["warmup_until"]:
-            mark = "  [out of sample]" if change.window_end > periods["out_of_sample_from"] \
-                else ""
-            print(_line(change, names) + mark, flush=True)
-
-    follower = asyncio.create_task(_follow_trends(settings, changes, stop, show))
+    follower = asyncio.create_task(_follow_trends(settings, changes, stop))
     started = time.monotonic()
     report = await replay(settings, data, since=periods["replay_from"], malformed=malformed)
-    stats = await asyncio.to_thread(_wait_processed, worker, report.produced)
+    print(f"produced {report.produced} records ({report.reviews} reviews, {report.malformed} "
+          f"malformed) {report.first_ts} → {report.last_ts}", flush=True)
+    stats = await asyncio.to_thread(_wait_processed, worker, report.produced, changes)
     elapsed = time.monotonic() - started
     await asyncio.sleep(1.0)  # let the last trend events arrive before draining
     stop.set()
@@ -112,20 +103,38 @@ async def _run(settings: Settings, worker: WorkerProcess, data: Path, periods: d
     return {"report": report, "stats": stats, "changes": changes, "elapsed_s": elapsed}
 
 
-def _wait_processed(worker: WorkerProcess, produced: int) -> dict[str, Any]:
-    last_progress, last_total = time.monotonic(), -1
+def _wait_processed(worker: WorkerProcess, produced: int,
+                    changes: list[TrendChange]) -> dict[str, Any]:
+    started = last_progress = last_print = time.monotonic()
+    last_total = -1
     while True:
         stats = worker.get("/stats") or {}
         total = stats.get("accepted", 0) + stats.get("duplicates_skipped", 0) + \
             stats.get("dead_lettered_total", 0)
         if total >= produced:
             return stats
+        now = time.monotonic()
         if total != last_total:
-            last_progress, last_total = time.monotonic(), total
-        if time.monotonic() - last_progress > STALL_TIMEOUT_S:
+            last_progress, last_total = now, total
+        if now - last_progress > STALL_TIMEOUT_S:
             msg = f"worker stalled at {total}/{produced} records; see {worker.log_path}"
             raise StreamError(msg)
+        if now - last_print >= 15:
+            print(f"  … {total}/{produced} records processed ({total / (now - started):.0f}/s), "
+                  f"{len(changes)} trend events so far", flush=True)
+            last_print = now
         time.sleep(0.5)
+
+
+def _print_changes(changes: list[TrendChange], periods: dict[str, datetime],
+                   names: dict[str, str]) -> None:
+    """Every change after the warm-up, in event-time order (arrival order is per partition)."""
+    shown = sorted((c for c in changes if c.window_end > periods["warmup_until"]),
+                   key=lambda c: (c.window_end, c.product_id))
+    print(f"\ntrend changes after the warm-up ({len(shown)}), by date of the call:")
+    for change in shown:
+        mark = "  [out of sample]" if change.window_end > periods["out_of_sample_from"] else ""
+        print(_line(change, names) + mark)
 
 
 def run_demo(settings: Settings, *, data: Path | None, out: Path, malformed: int,
@@ -148,12 +157,12 @@ def run_demo(settings: Settings, *, data: Path | None, out: Path, malformed: int
     try:
         ready_s = worker.wait_ready(READY_TIMEOUT_S)
         print(f"worker ready in {ready_s:.1f} s (log: {worker.log_path})\n", flush=True)
-        result = asyncio.run(_run(settings, worker, data, periods, malformed,
-                                  read_products(data)))
+        result = asyncio.run(_run(settings, worker, data, periods, malformed))
     finally:
         worker.stop()
         if not keep_topics:
             asyncio.run(_cleanup(settings))
+    _print_changes(result["changes"], periods, read_products(data))
     summary = _summary(manifest, result, periods, run_id)
     _write_outputs(out, result["changes"], summary)
     _print_summary(summary, out)
@@ -161,20 +170,28 @@ def run_demo(settings: Settings, *, data: Path | None, out: Path, malformed: int
 
 
 async def _cleanup(settings: Settings) -> None:
-    await delete_topics(settings, topic_names(settings) + changelog_names(settings))
+    assignor = f"{settings.app_id}-__assignor-__leader"  # faust's own leader topic
+    await delete_topics(settings, topic_names(settings) + changelog_names(settings) + [assignor])
 
 
 def _print_header(manifest: Manifest, data: Path, periods: dict[str, datetime],
                   settings: Settings) -> None:
-    m = manifest.metrics["test"]
-    print(f"TrendStream demo — model {manifest.model_id} "
-          f"(test ROC-AUC {m.roc_auc}, accuracy {m.accuracy:.3f} vs prior {m.prior_accuracy:.3f})")
+    test, val = manifest.metrics["test"], manifest.metrics["validation"]
+    print(f"TrendStream demo — model {manifest.model_id}")
+    print(f"  per-review text model: test ROC-AUC {_fmt(test.roc_auc)} (validation "
+          f"{_fmt(val.roc_auc)}), accuracy {test.accuracy:.3f} vs constant prior "
+          f"{test.prior_accuracy:.3f}; the text signal is weak, the calls below are driven "
+          "mostly by review volume (README, \"Trend rule\")")
     print(f"data: {data.relative_to(REPO_ROOT) if data.is_relative_to(REPO_ROOT) else data}")
     print(f"replaying {periods['replay_from']:%Y-%m-%d} → end of data into "
           f"{settings.kafka_bootstrap} (topics '{settings.topic_prefix}*')")
     print(f"  warm-up until {periods['warmup_until']:%Y-%m-%d} (training period: calls "
           f"not shown); calls after {periods['out_of_sample_from']:%Y-%m-%d} are out of "
           "sample (held-out test period)\n", flush=True)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _summary(manifest: Manifest, result: dict[str, Any], periods: dict[str, datetime],
@@ -213,8 +230,9 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print("\nsummary")
     for key in ("reviews_in", "reviews_scored", "dead_lettered", "duplicates_skipped",
                 "trend_events", "trend_events_after_warmup", "trend_events_out_of_sample",
-                "elapsed_s", "reviews_per_s", "model_id", "variant", "test_auc",
+                "elapsed_s", "reviews_per_s", "model_id", "provider", "variant", "test_auc",
                 "test_accuracy", "prior_accuracy"):
-        print(f"  {key:<28} {summary[key]}")
+        value = summary[key]
+        print(f"  {key:<28} {round(value, 3) if isinstance(value, float) else value}")
     print(f"  {'dead letters by reason':<28} {summary['dead_lettered_by_reason']}")
     print(f"\nwrote {out / 'trends.jsonl'} and {out / 'summary.json'}")
