@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= cpu,export,dev
+EXTRAS ?= cpu,export,report,dev
 MODEL_DIR ?= models/default
 KAFKA := deploy/kafka/kafka.sh
 
