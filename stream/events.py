@@ -172,6 +172,10 @@ class TrendChange(_Event):
     evidence_review_ids: list[str]
     model_id: str
     detector_version: str
+    predicted_fall: float = Field(0.0, description="the detector's predicted relative fall of "
+                                  "review volume (0 = none, 1 = to zero); README, 'Trend rule'")
+    is_sharp_drop: bool = Field(False, description="a falling call whose predicted_fall is at "
+                                "least the detector's sharp_drop_fall: also sent to trend-alerts")
 
 
 class DeadLetter(_Event):

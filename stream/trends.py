@@ -12,7 +12,10 @@ Rule ``volume-v1`` (README, "Trend rule"), evaluated at the close of every UTC d
 * hysteresis: stable -> rising at >= ``rise_enter_ratio``, rising -> stable below
   ``rise_exit_ratio``; stable -> falling at <= ``fall_enter_ratio``, falling -> stable
   above ``fall_exit_ratio``; a crossing of the opposite enter threshold flips directly;
-* no transition at all while the window holds fewer than ``min_reviews`` reviews.
+* no transition at all while the window holds fewer than ``min_reviews`` reviews;
+* predicted fall = max(0, 1 - exp(trend index)): the relative fall of the review rate
+  the detector expects; a falling call with predicted fall >= ``sharp_drop_fall`` (and
+  at least ``sharp_drop_min_reviews`` reviews in the window) is a sharp-drop alert.
 
 Pure: no clock, no Kafka. The same code runs in the worker and the backtest.
 """
@@ -44,6 +47,8 @@ class DetectorParams(BaseModel):
     fall_exit_ratio: float = Field(0.8, gt=0)
     text_weight: float = 0.0
     quiet_days: int = Field(14, ge=1)
+    sharp_drop_fall: float = Field(0.6, gt=0, le=1)
+    sharp_drop_min_reviews: int = Field(30, ge=1)
 
     @model_validator(mode="after")
     def _hysteresis(self) -> DetectorParams:
@@ -105,6 +110,17 @@ def next_state(current: str, signals: TrendSignals, params: DetectorParams) -> s
     return current
 
 
+def predicted_fall(signals: TrendSignals) -> float:
+    """The relative fall of the review rate the detector expects (0 when it expects none)."""
+    return round(max(0.0, 1.0 - math.exp(signals.trend_index)), 6)
+
+
+def is_sharp_drop(new_state: str, signals: TrendSignals, params: DetectorParams) -> bool:
+    """A falling call steep enough, on enough reviews, to alert on."""
+    return (new_state == "falling" and predicted_fall(signals) >= params.sharp_drop_fall
+            and signals.recent_count + signals.baseline_count >= params.sharp_drop_min_reviews)
+
+
 def evidence(reviews: list[Review], new_state: str, k: int) -> list[str]:
     """Top-k review_ids by their weight toward the new state (ties by review_id)."""
     def weight(r: Review) -> float:
@@ -132,7 +148,9 @@ def evaluate_day(state: ProductState, day: int, params: DetectorParams, *, model
         is_quiet=signals.days_since_last_review is None
         or signals.days_since_last_review >= params.quiet_days,
         signals=signals, evidence_review_ids=evidence(recent, new, evidence_k),
-        model_id=model_id, detector_version=params.version)
+        model_id=model_id, detector_version=params.version,
+        predicted_fall=predicted_fall(signals),
+        is_sharp_drop=is_sharp_drop(new, signals, params))
 
 
 def close_through(state: ProductState, day: int, params: DetectorParams, *, model_id: str,
