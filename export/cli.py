@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=budget.seed, help="(default %(default)s)")
     p.add_argument("--tiny", action="store_true",
                    help="tiny random-init BERT instead of the pretrained weights (tests)")
+    p.add_argument("--detector", choices=("fit", "defaults"), default=defaults.detector,
+                   help="fit the product-level detector on the data, or ship the plain "
+                        "momentum defaults (default %(default)s)")
     return p
 
 
@@ -55,7 +58,8 @@ def _options(args: argparse.Namespace) -> ExportOptions:
                          max_seconds=args.max_seconds, seed=args.seed)
     return ExportOptions(data=args.data or [DEFAULT_DATA], out=args.out,
                          horizon_days=args.horizon_days, observation_end=args.observation_end,
-                         max_length=args.max_length, tiny=args.tiny, train=config)
+                         max_length=args.max_length, tiny=args.tiny, train=config,
+                         detector=args.detector)
 
 
 def summary(result: ExportResult) -> str:
@@ -63,6 +67,9 @@ def summary(result: ExportResult) -> str:
     m = result.manifest
     lines = [f"model {m.model_id} -> {result.model_dir}",
              f"default variant cpu={m.default_variant['cpu']} cuda={m.default_variant['cuda']}"]
+    d = m.detector
+    lines.append(f"detector {d.version}: weights {d.weights} fall<={d.fall_enter_ratio} "
+                 f"rise>={d.rise_enter_ratio} sharp-drop>={d.sharp_drop_fall}")
     for split, x in m.metrics.items():
         auc = "n/a" if x.roc_auc is None else f"{x.roc_auc:.3f}"
         lines.append(f"{split:<10} n={x.n} roc_auc={auc} accuracy={x.accuracy:.3f} "

@@ -42,6 +42,8 @@ class ReviewTable:
     source: np.ndarray  # object (str)
     ts_s: np.ndarray  # int64, seconds since the epoch, UTC
     text: np.ndarray  # object (str): stream.inference.review_text(title, text)
+    rating: np.ndarray  # float64, stars; NaN where the record has none
+    category: np.ndarray  # object (str or None)
 
     def __len__(self) -> int:
         return len(self.ts_s)
@@ -64,8 +66,11 @@ def _open(path: Path) -> TextIO:
     return path.open(encoding="utf-8")
 
 
-def _parse(line: str) -> tuple[str, str, str, int, str]:
-    """One JSON line -> (review_id, product_id, source, ts_s, model text); ValueError if bad."""
+_Row = tuple[str, str, str, int, str, float, str | None]
+
+
+def _parse(line: str) -> _Row:
+    """One JSON line -> (review_id, product_id, source, ts_s, model text, rating, category)."""
     record: Any = json.loads(line)
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
@@ -77,11 +82,18 @@ def _parse(line: str) -> tuple[str, str, str, int, str]:
     ts = datetime.fromisoformat(record["ts"])
     if ts.tzinfo is None:
         raise ValueError(f"ts {record['ts']!r} has no UTC offset")
+    rating = record.get("rating")
+    if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int | float)):
+        raise ValueError(f"'rating' {rating!r} is not a number or null")
+    category = record.get("category")
+    if not isinstance(category, str | None):
+        raise ValueError("'category' is not a string or null")
     return (record["review_id"], record["product_id"], record["source"], int(ts.timestamp()),
-            review_text(record.get("title"), record["text"]))
+            review_text(record.get("title"), record["text"]),
+            float("nan") if rating is None else float(rating), category or None)
 
 
-def _records(path: Path) -> Iterator[tuple[int, tuple[str, str, str, int, str]]]:
+def _records(path: Path) -> Iterator[tuple[int, _Row]]:
     try:
         with _open(path) as f:
             for lineno, line in enumerate(f, start=1):
@@ -99,7 +111,7 @@ def _records(path: Path) -> Iterator[tuple[int, tuple[str, str, str, int, str]]]
 
 def read_reviews(paths: Sequence[Path]) -> ReviewTable:
     """Read review files (shared format); a bad record raises DataError naming file and line."""
-    rows: list[tuple[str, str, str, int, str]] = []
+    rows: list[_Row] = []
     seen: dict[str, str] = {}
     for path in map(Path, paths):
         for lineno, row in _records(path):
@@ -111,11 +123,12 @@ def read_reviews(paths: Sequence[Path]) -> ReviewTable:
             rows.append(row)
     if not rows:
         raise DataError(f"no reviews in {[str(p) for p in paths]}; pass non-empty review files")
-    review_id, product_id, source, ts_s, text = (np.array(c, dtype=object)
-                                                 for c in zip(*rows, strict=True))
+    review_id, product_id, source, ts_s, text, rating, category = (
+        np.array(c, dtype=object) for c in zip(*rows, strict=True))
     order = np.lexsort((review_id, ts_s.astype(np.int64)))
     return ReviewTable(review_id=review_id[order], product_id=product_id[order],
-                       source=source[order], ts_s=ts_s.astype(np.int64)[order], text=text[order])
+                       source=source[order], ts_s=ts_s.astype(np.int64)[order], text=text[order],
+                       rating=rating.astype(np.float64)[order], category=category[order])
 
 
 def fingerprint(paths: Sequence[Path]) -> str:

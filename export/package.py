@@ -64,7 +64,7 @@ def _trendstream_version() -> str:
 
 
 def publish(staging: Path, target: Path, manifest: dict[str, Any]) -> Manifest:
-    """Add creation time, detector defaults and versions; write manifest.json last; rename."""
-    full = {**manifest, "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "detector": DetectorParams(), "versions": versions()}
+    """Add creation time, versions (and detector defaults if none); write manifest last; rename."""
+    full = {"detector": DetectorParams(), **manifest,
+            "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "versions": versions()}
     return publish_model_dir(staging, target, full)

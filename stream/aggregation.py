@@ -22,8 +22,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from stream.events import ReviewScore, TrendChange, day_of
-from stream.trends import DetectorParams, close_through
+from stream.events import ReviewScore, SharpDropAlert, TrendChange, day_of
+from stream.trends import DetectorParams, Outputs, close_through
 from stream.windows import PartitionClock, ProductState
 
 TICK_KEY: Final = b"__tick__"
@@ -57,6 +57,7 @@ class StepResult:
     """What one record produced."""
 
     changes: list[TrendChange] = field(default_factory=list)
+    alerts: list[SharpDropAlert] = field(default_factory=list)
     rejected: Rejected | None = None
     is_duplicate: bool = False
     is_accepted: bool = False
@@ -90,12 +91,14 @@ class Aggregator:
             result.rejected = Rejected("late", detail, score)
             return result
         self._add(partition, score, result)
-        result.changes = self._advance(partition, clock, score.ts_ms)
+        out = self._advance(partition, clock, score.ts_ms)
+        result.changes, result.alerts = out.changes, out.alerts
         return result
 
-    def on_tick(self, partition: int, timestamp_ms: int) -> list[TrendChange]:
+    def on_tick(self, partition: int, timestamp_ms: int) -> StepResult:
         """Advance the partition's stream time to ``timestamp_ms`` (idle products)."""
-        return self._advance(partition, self._clock(partition), timestamp_ms)
+        out = self._advance(partition, self._clock(partition), timestamp_ms)
+        return StepResult(changes=out.changes, alerts=out.alerts)
 
     def _add(self, partition: int, score: ReviewScore, result: StepResult) -> None:
         state = self._state(score.product_id) or ProductState(score.product_id, partition)
@@ -112,16 +115,19 @@ class Aggregator:
         else:
             self._states[state.product_id] = state
             self.windows[_bucket_key(state.product_id, day)] = state.bucket_bytes(day)
-            if is_new_day:  # the meta lists the days: write it after the bucket
+            is_new_category = score.category is not None and score.category != state.category
+            if is_new_category:  # the latest category wins (it picks the seasonal profile)
+                state.category = score.category
+            if is_new_day or is_new_category:  # the meta lists the days: write it after the bucket
                 self.windows[_meta_key(state.product_id)] = state.meta_bytes()
             self._products_of(partition).add(score.product_id)
             result.is_accepted = True
 
-    def _advance(self, partition: int, clock: PartitionClock, ts_ms: int) -> list[TrendChange]:
+    def _advance(self, partition: int, clock: PartitionClock, ts_ms: int) -> Outputs:
         closed = clock.advance(ts_ms, allowed_lateness_ms=self.allowed_lateness_ms)
+        out = Outputs()
         if closed is None:
-            return []
-        changes: list[TrendChange] = []
+            return out
         for product_id in sorted(self._products_of(partition)):
             state = self._state(product_id)
             if state is None:
@@ -130,13 +136,13 @@ class Aggregator:
             found = close_through(state, closed, self.params, model_id=self.model_id,
                                   evidence_k=self.evidence_k)
             evicted = days_before - set(state.buckets)
-            if found or evicted:  # else re-evaluating after a restart finds nothing either
+            if found.changes or found.alerts or evicted:  # else a re-run finds nothing either
                 for day in evicted:
                     del self.windows[_bucket_key(product_id, day)]
                 self.windows[_meta_key(product_id)] = state.meta_bytes()
-            changes += found
+            out.extend(found)
         self.clocks[str(partition)] = clock.to_bytes()
-        return changes
+        return out
 
     def _state(self, product_id: str) -> ProductState | None:
         state = self._states.get(product_id)

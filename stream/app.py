@@ -23,8 +23,8 @@ import faust
 from mode import CrashingSupervisor
 from pydantic import ValidationError
 
-from stream.aggregation import TICK_KEY, Aggregator, tick_record
-from stream.events import DeadLetter, ReviewScore, TrendChange, dead_letter
+from stream.aggregation import TICK_KEY, Aggregator, StepResult, tick_record
+from stream.events import DeadLetter, ReviewScore, dead_letter
 from stream.inference import Scorer
 from stream.scoring import RawRecord, prepare, to_scores
 from stream.settings import Settings
@@ -75,6 +75,7 @@ def build_app(pipeline: Pipeline) -> faust.App:
     reviews = app.topic(s.topic(s.topic_reviews), **raw)
     scores = app.topic(s.topic(s.topic_scores), **raw)
     trends = app.topic(s.topic(s.topic_trends), **raw)
+    alerts = app.topic(s.topic(s.topic_alerts), **raw)
     dlq = app.topic(s.topic(s.topic_dlq), **raw)
     windows = app.Table(WINDOWS_TABLE, partitions=s.partitions, key_type=str,
                         value_type=bytes)  # raw bytes: our own compact encoding
@@ -100,8 +101,9 @@ def build_app(pipeline: Pipeline) -> faust.App:
     @app.agent(scores, concurrency=1)
     async def aggregate(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            changes, dead = _aggregate_one(pipeline, aggregator, event)
-            await send_all(trends, [(c.product_id, c.to_bytes()) for c in changes])
+            result, dead = _aggregate_one(pipeline, aggregator, event)
+            await send_all(trends, [(c.product_id, c.to_bytes()) for c in result.changes])
+            await send_all(alerts, [(a.product_id, a.to_bytes()) for a in result.alerts])
             await send_all(dlq, [(d.key or "", d.to_bytes()) for d in dead])
 
     if s.idle_tick_interval_s > 0:
@@ -141,12 +143,12 @@ async def _score_batch(pipeline: Pipeline,
 
 
 def _aggregate_one(pipeline: Pipeline, aggregator: Aggregator,
-                   event: faust.EventT) -> tuple[list[TrendChange], list[DeadLetter]]:
+                   event: faust.EventT) -> tuple[StepResult, list[DeadLetter]]:
     msg = event.message
     if msg.key == TICK_KEY:
-        changes = aggregator.on_tick(msg.partition, json.loads(msg.value)["tick_ms"])
-        pipeline.stats.on_trends(changes)
-        return changes, []
+        ticked = aggregator.on_tick(msg.partition, json.loads(msg.value)["tick_ms"])
+        pipeline.stats.on_trends(ticked.changes, ticked.alerts)
+        return ticked, []
     def to_dlq(reason: str, detail: str, review_id: str | None) -> DeadLetter:
         return dead_letter(reason=reason, detail=detail, stage="aggregate", topic=msg.topic,
                            partition=msg.partition, offset=msg.offset, key=msg.key,
@@ -157,14 +159,14 @@ def _aggregate_one(pipeline: Pipeline, aggregator: Aggregator,
     except ValidationError as exc:
         dead = [to_dlq("wrong_type", f"not a ReviewScore: {exc.errors()[0]['msg']}", None)]
         pipeline.stats.on_aggregate(None, dead)
-        return [], dead
+        return StepResult(), dead
     result = aggregator.on_score(msg.partition, score)
     rejected = result.rejected
     dead = [] if rejected is None else [to_dlq(rejected.reason, rejected.detail,
                                                score.review_id)]
     pipeline.stats.on_aggregate(result, dead)
-    pipeline.stats.on_trends(result.changes)
-    return result.changes, dead
+    pipeline.stats.on_trends(result.changes, result.alerts)
+    return result, dead
 
 
 def _add_pages(app: faust.App, pipeline: Pipeline) -> None:

@@ -106,6 +106,8 @@ class Manifest(_Frozen):
     training: Training
     metrics: dict[str, Metrics]
     detector: DetectorParams
+    detector_fit: dict[str, Any] | None = Field(None, description="how the detector was fitted "
+                                                "(export/detector_fit.py); None = defaults")
     versions: dict[str, str]
 
 

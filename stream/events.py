@@ -30,6 +30,7 @@ from stream.errors import EventError
 REVIEW_SCHEMA_VERSION: Final = 1
 SCORE_SCHEMA_VERSION: Final = 1
 TREND_SCHEMA_VERSION: Final = 1
+ALERT_SCHEMA_VERSION: Final = 1
 DEAD_LETTER_SCHEMA_VERSION: Final = 1
 
 MIN_EVENT_TIME: Final = datetime(1990, 1, 1, tzinfo=UTC)
@@ -131,6 +132,7 @@ class ReviewScore(_Event):
     n_tokens: int = Field(ge=0)
     is_truncated: bool
     rating: float | None = None
+    category: str | None = None
     content_sha256: str
     model_id: str
     source_partition: int
@@ -153,8 +155,10 @@ class TrendSignals(_Event):
     mean_score_baseline: float | None
     mean_rating_recent: float | None
     mean_rating_baseline: float | None
-    trend_index: float
+    trend_index: float = Field(description="predicted ln(volume next horizon / last horizon)")
     days_since_last_review: int | None
+    features: dict[str, float] = Field(default_factory=dict,
+                                       description="the detector's feature values")
 
 
 class TrendChange(_Event):
@@ -176,6 +180,31 @@ class TrendChange(_Event):
                                   "review volume (0 = none, 1 = to zero); README, 'Trend rule'")
     is_sharp_drop: bool = Field(False, description="a falling call whose predicted_fall is at "
                                 "least the detector's sharp_drop_fall: also sent to trend-alerts")
+
+
+class SharpDropAlert(_Event):
+    """A product in the falling state whose predicted fall reached the sharp-drop level.
+
+    Sent on ``trend-alerts`` at most once per falling episode: with the TrendChange that
+    entered falling when that call is already sharp, else on the first later day close
+    that is. ``alert_id`` is deterministic like a TrendChange's event_id.
+    """
+
+    schema_version: int = ALERT_SCHEMA_VERSION
+    alert_id: str
+    product_id: str
+    window_start: UtcDatetime
+    window_end: UtcDatetime
+    predicted_fall: float = Field(description="1 - exp(trend_index): the relative fall of "
+                                  "review volume over the next horizon the detector expects")
+    threshold: float = Field(description="the detector's sharp_drop_fall")
+    signals: TrendSignals
+    evidence_review_ids: list[str] = Field(description="the reviews that weighed most toward "
+                                           "falling (lowest text scores first; ties by id)")
+    trend_event_id: str | None = Field(description="the TrendChange that entered falling, "
+                                       "when it is the same evaluation")
+    model_id: str
+    detector_version: str
 
 
 class DeadLetter(_Event):
@@ -202,6 +231,13 @@ def trend_event_id(*, product_id: str, previous_state: str, new_state: str,
     """Deterministic id: the same input gives the same event_id (consumers dedup on it)."""
     parts = [product_id, previous_state, new_state, _utc_iso(window_end), model_id,
              detector_version]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def alert_id(*, product_id: str, window_end: datetime, model_id: str,
+             detector_version: str) -> str:
+    """Deterministic id of a sharp-drop alert."""
+    parts = ["sharp-drop", product_id, _utc_iso(window_end), model_id, detector_version]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 

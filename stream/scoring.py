@@ -61,6 +61,7 @@ def to_scores(prepared: Prepared, scored: ScoredBatch, *, model_id: str) -> list
             is_text_used=bool(scored.unk_ratio[i] <= MAX_UNK_RATIO),
             unk_ratio=round(float(scored.unk_ratio[i]), 4), n_tokens=int(scored.n_tokens[i]),
             is_truncated=bool(scored.is_truncated[i]), rating=review.rating,
+            category=review.category,
             content_sha256=review.content_sha256(), model_id=model_id,
             source_partition=rec.partition, source_offset=rec.offset)
         for i, (rec, review) in enumerate(prepared.reviews)

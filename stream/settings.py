@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     topic_scores: str = Field("review-scores", description="scored reviews (ReviewScore)")
     topic_trends: str = Field("trends", description="trend changes (TrendChange)")
     topic_dlq: str = Field("reviews-dlq", description="dead letters (DeadLetter)")
+    topic_alerts: str = Field("trend-alerts", description="sharp-drop alerts (SharpDropAlert)")
     partitions: int = Field(6, ge=1, le=1024, description="partitions of every topic the app "
                             "creates; the most worker replicas that share the load")
     replication_factor: int = Field(1, ge=1, le=16, description="replication factor of created "
@@ -75,6 +76,13 @@ class Settings(BaseSettings):
                                            "enters falling")
     fall_exit_ratio: float | None = Field(None, gt=0, description="override: ratio above which "
                                           "falling returns to stable")
+    silence: Literal["fall", "end"] = Field("fall", description="a product with no review for "
+                                            "the detector's quiet_days: 'fall' (live feeds: "
+                                            "silence is a fall) or 'end' (end of observation, "
+                                            "e.g. a crawl that stopped: the state is held)")
+    sharp_drop_fall: float | None = Field(None, gt=0, le=1, description="override: predicted "
+                                          "fall at which a falling product raises a sharp-drop "
+                                          "alert")
     evidence_top_k: int = Field(5, ge=0, le=100, description="review_ids kept as evidence in a "
                                 "TrendChange")
     # Web
@@ -100,11 +108,15 @@ class Settings(BaseSettings):
         """Full topic name with the configured prefix."""
         return f"{self.topic_prefix}{name}"
 
-    def detector_overrides(self) -> dict[str, float | int]:
-        """Detector thresholds set in the environment (they override the manifest)."""
+    def detector_overrides(self) -> dict[str, float | int | str]:
+        """Detector settings from the environment (they override the manifest)."""
         names = ("min_reviews", "rise_enter_ratio", "rise_exit_ratio", "fall_enter_ratio",
-                 "fall_exit_ratio")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+                 "fall_exit_ratio", "sharp_drop_fall")
+        found: dict[str, float | int | str] = {n: getattr(self, n) for n in names
+                                               if getattr(self, n) is not None}
+        if self.silence != "fall":
+            found["silence"] = self.silence
+        return found
 
 
 def load_settings(**overrides: object) -> Settings:

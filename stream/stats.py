@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream.aggregation import StepResult
-from stream.events import DeadLetter, TrendChange
+from stream.events import DeadLetter, SharpDropAlert, TrendChange
 
 
 @dataclass
@@ -23,6 +23,7 @@ class Stats:
     score_seconds: float = 0.0
     dead_lettered: Counter[str] = field(default_factory=Counter)
     trend_events: Counter[str] = field(default_factory=Counter)
+    alerts: int = 0
 
     def on_batch(self, *, consumed: int, scored: int, dead: list[DeadLetter],
                  unknown_fields: int, seconds: float) -> None:
@@ -39,15 +40,16 @@ class Stats:
             self.duplicates_skipped += int(result.is_duplicate)
         self.dead_lettered.update(d.reason for d in dead)
 
-    def on_trends(self, changes: list[TrendChange]) -> None:
+    def on_trends(self, changes: list[TrendChange], alerts: list[SharpDropAlert]) -> None:
         self.trend_events.update(f"{c.previous_state}->{c.new_state}" for c in changes)
+        self.alerts += len(alerts)
 
     def as_dict(self) -> dict[str, Any]:
         return {"consumed": self.consumed, "scored": self.scored, "accepted": self.accepted,
                 "duplicates_skipped": self.duplicates_skipped,
                 "unknown_fields": self.unknown_fields, "batches": self.batches,
                 "score_seconds": round(self.score_seconds, 3),
-                "dead_lettered": dict(self.dead_lettered),
+                "dead_lettered": dict(self.dead_lettered), "alerts": self.alerts,
                 "dead_lettered_total": sum(self.dead_lettered.values()),
                 "trend_events": dict(self.trend_events),
                 "trend_events_total": sum(self.trend_events.values())}

@@ -36,6 +36,8 @@ class ProductState:
     product_id: str
     partition: int
     trend: str = "stable"
+    category: str | None = None
+    is_alerted: bool = False  # a sharp-drop alert went out in the current falling episode
     evaluated_through_day: int | None = None
     last_review_day: int | None = None
     buckets: dict[int, list[Review]] = field(default_factory=dict)
@@ -71,8 +73,9 @@ class ProductState:
     def meta_bytes(self) -> bytes:
         """Everything but the buckets' contents (which days exist, trend, progress)."""
         return json.dumps({"v": STATE_VERSION, "p": self.product_id, "part": self.partition,
-                           "t": self.trend, "e": self.evaluated_through_day,
-                           "l": self.last_review_day, "days": sorted(self.buckets)},
+                           "t": self.trend, "c": self.category, "a": self.is_alerted,
+                           "e": self.evaluated_through_day, "l": self.last_review_day,
+                           "days": sorted(self.buckets)},
                           separators=(",", ":")).encode()
 
     def bucket_bytes(self, day: int) -> bytes:
@@ -94,7 +97,9 @@ class ProductState:
         decoded = {d: [(r[0], r[1], r[2], r[3]) for r in json.loads(buckets[d])]
                    for d in body["days"]}
         return cls(product_id=body["p"], partition=body["part"], trend=body["t"],
-                   evaluated_through_day=body["e"], last_review_day=body["l"], buckets=decoded)
+                   category=body.get("c"), is_alerted=body.get("a", False),
+                   evaluated_through_day=body["e"],
+                   last_review_day=body["l"], buckets=decoded)
 
 
 @dataclass(slots=True)

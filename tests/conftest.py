@@ -30,5 +30,5 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("model") / "tiny"
     assert export_main(["--tiny", "--out", str(out), "--max-train-examples", "256",
-                        "--max-epochs", "1"]) == 0
+                        "--max-epochs", "1", "--detector", "defaults"]) == 0
     return out

@@ -20,6 +20,7 @@ from export.convert import (
     smooth_matmul_inputs,
 )
 from export.data import read_reviews
+from export.detector_fit import CANDIDATES
 from export.errors import ParityError
 from export.pipeline import DEFAULT_DATA, ExportOptions, ExportResult, run_export
 from export.train import (
@@ -49,7 +50,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
     """One tiny export of a small training sample of the bundled data."""
     out = tmp_path_factory.mktemp("models") / "tiny"
     config = TrainConfig(max_train_examples=96, max_eval_examples=300, max_epochs=2, seed=0)
-    return run_export(ExportOptions(out=out, tiny=True, n_calibration=96, train=config))
+    return run_export(ExportOptions(out=out, tiny=True, n_calibration=96, n_detector_scores=200,
+                                    train=config))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,12 @@ def test_manifest_fields_and_checksums(exported: ExportResult) -> None:
     assert t.hyperparameters["train_examples"] == 96
     assert set(manifest.metrics) == {"validation", "test"}
     assert all(m.n == 300 and 0 <= m.accuracy <= 1 for m in manifest.metrics.values())
-    assert manifest.detector == DetectorParams()
+    d, fit = manifest.detector, manifest.detector_fit
+    assert d.version == "trend-v2" and fit is not None and fit["text_scores"] == 200
+    assert d.fall_enter_ratio <= d.fall_exit_ratio < 1 < d.rise_exit_ratio <= d.rise_enter_ratio
+    assert set(d.weights) == set(CANDIDATES[fit["chosen"]["features"]])
+    assert fit["fit_samples"] > 0 and fit["validation_samples"] >= 30
+    assert d != DetectorParams()
     assert {"python", "torch", "transformers", "optimum", "onnx", "onnxruntime",
             "trendstream"} <= set(manifest.versions)
 

@@ -12,7 +12,14 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream.artifact import read_manifest
-from stream.events import DeadLetter, ReviewScore, TrendChange, trend_event_id
+from stream.events import (
+    DeadLetter,
+    ReviewScore,
+    SharpDropAlert,
+    TrendChange,
+    alert_id,
+    trend_event_id,
+)
 from stream.replay import plan, produce
 from stream.settings import Settings
 from stream.topics import ensure_topics
@@ -100,6 +107,13 @@ def test_reviews_in_scores_trends_and_dead_letters_out(kafka_bootstrap: str,
     got = {(c.product_id, c.previous_state, c.new_state, c.event_id) for c in changes}
     assert got == _expected(a, b, model_id)
     assert len(changes) == len(got)
+    # A's sharp-drop alert: the close of day 198 (tests/unit/test_trends.py), once
+    alerts = [SharpDropAlert.model_validate_json(v) for _, _, v in
+              read_topic(kafka_bootstrap, settings.topic("trend-alerts"))]
+    assert [al.alert_id for al in alerts] == [alert_id(
+        product_id=a, window_end=START + timedelta(days=199), model_id=model_id,
+        detector_version="volume-v1")]
+    assert stats["alerts"] == 1
     assert (stats["accepted"], stats["dead_lettered_total"], stats["duplicates_skipped"]) == \
         (760, 7, 0)
     assert stats["unknown_fields"] == 760

@@ -68,8 +68,8 @@ def test_other_partition_does_not_advance_time() -> None:
             agg.on_score(0, _score("A", day, i))
     changes = [c for day in range(180, 400) for c in agg.on_score(1, _score("B", day)).changes]
     assert [c for c in changes if c.product_id == "A"] == []
-    assert agg.on_tick(0, int((START + timedelta(days=400)).timestamp() * 1000))[-1].new_state \
-        == "falling"
+    ticked = agg.on_tick(0, int((START + timedelta(days=400)).timestamp() * 1000))
+    assert ticked.changes[-1].new_state == "falling"
 
 
 def test_state_survives_a_restart_from_the_tables() -> None:
