@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -44,9 +45,11 @@ def _line(change: TrendChange, names: dict[str, str]) -> str:
     score = "—" if sig.mean_score_recent is None else f"{sig.mean_score_recent:.2f}"
     rating = "—" if sig.mean_rating_recent is None else f"{sig.mean_rating_recent:.1f}"
     end = change.window_end - timedelta(days=1)
+    sharp = "  SHARP DROP" if change.is_sharp_drop else ""
     return (f"{end:%Y-%m-%d}  {name:<44}  {change.previous_state:>7} → {new:<10} "
             f"last 30d {sig.recent_count:>4} vs prior 60d {sig.baseline_count:>4} "
-            f"(ratio {min(sig.volume_ratio, 99):.2f})  text {score}  stars {rating}")
+            f"(ratio {min(sig.volume_ratio, 99):.2f}, predicted next 90d "
+            f"x{min(math.exp(sig.trend_index), 99):.2f})  text {score}  stars {rating}{sharp}")
 
 
 async def _follow_trends(settings: Settings, sink: list[TrendChange],
@@ -207,7 +210,8 @@ def _summary(manifest: Manifest, result: dict[str, Any], periods: dict[str, date
         "dead_lettered_by_reason": stats["dead_lettered"],
         "duplicates_skipped": stats["duplicates_skipped"],
         "unknown_fields": stats["unknown_fields"],
-        "trend_events": len(changes), "trend_events_after_warmup": len(shown),
+        "trend_events": len(changes), "sharp_drop_alerts": stats.get("alerts", 0),
+        "detector_version": manifest.detector.version, "trend_events_after_warmup": len(shown),
         "trend_events_out_of_sample": sum(c.window_end > periods["out_of_sample_from"]
                                           for c in changes),
         "elapsed_s": round(result["elapsed_s"], 2),
@@ -230,8 +234,9 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print("\nsummary")
     for key in ("reviews_in", "reviews_scored", "dead_lettered", "duplicates_skipped",
                 "trend_events", "trend_events_after_warmup", "trend_events_out_of_sample",
-                "elapsed_s", "reviews_per_s", "model_id", "provider", "variant", "test_auc",
-                "test_accuracy", "prior_accuracy"):
+                "sharp_drop_alerts", "detector_version", "elapsed_s", "reviews_per_s",
+                "model_id", "provider", "variant", "test_auc", "test_accuracy",
+                "prior_accuracy"):
         value = summary[key]
         print(f"  {key:<28} {round(value, 3) if isinstance(value, float) else value}")
     print(f"  {'dead letters by reason':<28} {summary['dead_lettered_by_reason']}")
