@@ -1,4 +1,4 @@
-"""``trendstream`` command line: worker, replay, score, export, demo, settings.
+"""``trendstream`` command line: worker, replay, score, export, demo, backtest, settings.
 
 Settings come from the environment once, here, and are passed down. ``export`` is
 imported only when asked for: the runtime never imports torch.
@@ -53,6 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("out/demo"))
     d.add_argument("--malformed", type=int, default=7)
     d.add_argument("--keep-topics", action="store_true")
+    b = sub.add_parser("backtest", help="replay a review or sales file through the trend code "
+                       "(no Kafka) and score every call against what followed")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="review file (.jsonl or .jsonl.gz)")
+    src.add_argument("--sales", type=Path, help="daily sales CSV: product_id,date,units[,...]")
+    b.add_argument("--model", type=Path, default=None, help="model directory (review files)")
+    b.add_argument("--out", type=Path, required=True, help="output directory")
+    b.add_argument("--observation-end", choices=("product", "source"), default="product",
+                   help="end of a product's observed span: its last review (crawled sets) or "
+                        "its source's (live feeds) (default %(default)s)")
+    b.add_argument("--span-quantile", type=float, default=0.99,
+                   help="sales: the observed span ends on the day by which this share of all "
+                        "units had sold (extract tails are thin) (default %(default)s)")
+    b.add_argument("--plots", type=int, default=20,
+                   help="PNG plots for the N products with most events (default %(default)s)")
+    b.add_argument("--no-sweep", action="store_true", help="skip the threshold sweep")
     t = sub.add_parser("settings", help="print the settings (or the README table)")
     t.add_argument("--markdown", action="store_true")
     return p
@@ -98,11 +114,32 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from stream.demo import run_demo
         return run_demo(settings, data=args.data, out=args.out, malformed=args.malformed,
                         keep_topics=args.keep_topics)
+    if args.command == "backtest":
+        return _backtest(args, settings)
     if args.command == "settings":
         from stream.settingsdoc import describe
         print(describe(settings, markdown=args.markdown))
         return 0
     raise AssertionError(args.command)
+
+
+def _backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from stream import backtestio
+
+    if args.data is not None:
+        inputs = backtestio.review_inputs(args.data, settings,
+                                          model_dir=args.model or settings.model_dir,
+                                          observation_end=args.observation_end)
+    else:
+        inputs = backtestio.sales_inputs(args.sales, settings,
+                                         min_units=settings.min_reviews or 20,
+                                         span_quantile=args.span_quantile)
+    result = backtestio.run_methods(inputs, settings, sweep=not args.no_sweep)
+    card = backtestio.write_outputs(inputs, result, args.out, plots=args.plots)
+    print(backtestio.summary_table(card))
+    print(f"wrote {args.out}/scorecard.json, calls.jsonl" +
+          (", plots/, index.html" if args.plots else ""))
+    return 0
 
 
 if __name__ == "__main__":

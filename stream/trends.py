@@ -41,10 +41,11 @@ Pure: no clock, no Kafka. The same code runs in the worker and the backtest.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -58,6 +59,11 @@ from stream.events import (
 )
 from stream.season import FLAT, MONTHS, Profile, expected_log_ratio
 from stream.windows import ProductState, Review, day_start_ms
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 FEATURES: Final = ("volume", "season_recent", "season_ahead", "text", "text_shift",
                    "rating_shift")
@@ -135,6 +141,15 @@ class DetectorParams(BaseModel):
     @property
     def lookback_days(self) -> int:
         return self.recent_days + self.baseline_days
+
+
+def detector_params(manifest_params: DetectorParams, settings: Settings) -> DetectorParams:
+    """The manifest's thresholds with the settings' overrides applied (and logged)."""
+    overrides = settings.detector_overrides()
+    for name, value in overrides.items():
+        log.warning("detector override %s=%s (manifest says %s)", name, value,
+                    getattr(manifest_params, name))
+    return DetectorParams.model_validate({**manifest_params.model_dump(), **overrides})
 
 
 def _mean(values: list[float]) -> float | None:

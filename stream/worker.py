@@ -11,18 +11,9 @@ from stream.app import Pipeline, build_app
 from stream.inference import Scorer
 from stream.settings import Settings
 from stream.topics import ensure_topics
-from stream.trends import DetectorParams
+from stream.trends import detector_params
 
 log = logging.getLogger(__name__)
-
-
-def detector_params(manifest_params: DetectorParams, settings: Settings) -> DetectorParams:
-    """The manifest's thresholds with the settings' overrides applied (and logged)."""
-    overrides = settings.detector_overrides()
-    for name, value in overrides.items():
-        log.warning("detector override %s=%s (manifest says %s)", name, value,
-                    getattr(manifest_params, name))
-    return DetectorParams.model_validate({**manifest_params.model_dump(), **overrides})
 
 
 def make_pipeline(settings: Settings) -> Pipeline:
