@@ -27,7 +27,7 @@ def _every_third() -> bt.Volume:
 
 
 def test_outcome_fall_rise_and_unscored() -> None:
-    """10 before and 8 after is a 20 % fall; 13 after a rise; a horizon past the span is not scored."""
+    """10 before, 8 after: a 20 % fall; 13 after: a rise; a horizon past the span: unscored."""
     before = list(range(0, 90, 9))  # 10 events on days 0..81
     fall = bt.outcome(_volume(before + list(range(90, 170, 10)), 400), "p", 89, H)
     assert (fall.before, fall.after, fall.is_fall, fall.is_rise) == (10, 8, True, False)
@@ -77,7 +77,7 @@ def _launch_then_stop() -> bt.Volume:
 
 
 def test_momentum_grid_calls_exact_days() -> None:
-    """Hand-computed weekly momentum states: rising 21, stable 70, rising 189, stable 238, falling 287."""
+    """Hand-computed momentum calls: rising 21, stable 70, rising 189, stable 238, falling 287."""
     calls, alerts = bt.grid_calls(_launch_then_stop(), bt.momentum_state, method="momentum",
                                   last_day=400, options=bt.RuleOptions())
     assert [(c.day, c.state, c.is_sharp_drop) for c in calls] == [
@@ -90,7 +90,7 @@ def test_momentum_grid_calls_exact_days() -> None:
 
 
 def test_rating_rule_needs_a_shift_and_enough_ratings() -> None:
-    """Stars drop from 5 to 3 after day 60: the rating rule calls falling on the first grid day it sees it."""
+    """Stars drop from 5 to 3 at day 60: the rating rule calls falling on grid day 70."""
     days = list(range(120))
     ratings = [5.0 if d < 60 else 3.0 for d in days]
     calls, _ = bt.grid_calls(_volume(days, 400, ratings), bt.rating_state, method="rating",
@@ -101,7 +101,7 @@ def test_rating_rule_needs_a_shift_and_enough_ratings() -> None:
 
 
 def test_trendstream_calls_are_the_aggregators_changes() -> None:
-    """The golden series of test_aggregation: A rises, settles, and falls once B's events close its days."""
+    """test_aggregation's golden series: A rises, settles, then falls as B's events close days."""
     start = datetime(2017, 1, 1, tzinfo=UTC)
 
     def score(pid: str, day: int, i: int) -> ReviewScore:
