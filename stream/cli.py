@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="fine-tune and export a model (needs the export extra)",
                        add_help=False)
     e.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("eval", help="per-review evaluation of the model and baselines (needs the "
+                   "export extra; `trendstream eval --help`)", add_help=False)
     d = sub.add_parser("demo", help="the main job on bundled data (see `make demo`)")
     d.add_argument("--data", type=Path, default=None)
     d.add_argument("--out", type=Path, default=Path("out/demo"))
@@ -80,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["export"]:
         from export.cli import main as export_main  # heavy: torch, transformers, optimum
         return export_main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from export.evaluate import main as eval_main  # heavy: torch, scikit-learn
+        return eval_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
