@@ -8,12 +8,14 @@ EXTRAS ?= cpu,export,report,dev
 MODEL_DIR ?= models/default
 KAFKA := deploy/kafka/kafka.sh
 
-.PHONY: help venv model demo test test-unit test-integration lint kafka-up kafka-down kafka-status clean
+.PHONY: help venv model demo test test-unit test-integration lint eval backtest kafka-up kafka-down kafka-status clean
 
 help:
 	@echo "make demo   - the main job on bundled real reviews (starts Kafka, exports the model once)"
 	@echo "make test   - unit, export and integration tests (starts its own Kafka)"
 	@echo "make model  - export models/default if missing"
+	@echo "make eval   - per-review evaluation of the model and every baseline (out/eval/)"
+	@echo "make backtest - product-level backtest on every bundled set and the Olist sales (out/backtest/)"
 	@echo "make kafka-up / kafka-down - the local single-node Kafka broker"
 
 venv: $(STAMP)
@@ -35,10 +37,24 @@ demo: $(STAMP) model
 	PYTHON=$(PY) bash scripts/demo.sh
 
 test: $(STAMP)
+	$(PY) -m ruff check stream export tests
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
+
+REVIEW_SETS := datafiniti-amazon-devices amazon2014-musical-instruments amazon2018-5core-small
+
+# A fixed small budget per fold; results cached in out/eval/cache/ by data fingerprint.
+eval: $(STAMP) model
+	HF_HUB_OFFLINE=1 $(PY) -m stream eval \
+	  $(foreach s,$(REVIEW_SETS),--data data/$(s)/reviews.jsonl.gz) --model $(MODEL_DIR) --out out/eval
+
+backtest: $(STAMP) model
+	for s in $(REVIEW_SETS); do \
+	  $(PY) -m stream backtest --data data/$$s/reviews.jsonl.gz --model $(MODEL_DIR) --out out/backtest/$$s || exit 1; \
+	done
+	$(PY) -m stream backtest --sales data/olist-sales/sales_daily.csv.gz --out out/backtest/olist-sales
 
 lint: $(STAMP)
 	$(PY) -m ruff check stream export tests

@@ -140,9 +140,10 @@ class Volume:
     def first_day(self, product_id: str) -> int:
         return int(self.days[product_id][0])
 
-    def product_years(self) -> float:
-        """Observed span summed over products, in years."""
-        return sum(max(0, self.span_end[p] - self.first_day(p) + 1)
+    def product_years(self, from_day: int | None = None) -> float:
+        """Observed span summed over products (from ``from_day`` on), in years."""
+        lo = -(1 << 62) if from_day is None else from_day
+        return sum(max(0, self.span_end[p] - max(lo, self.first_day(p)) + 1)
                    for p in self.days) / 365.25
 
 
@@ -298,12 +299,14 @@ def state_at(calls: Sequence[Call], product_id: str, day: int) -> str:
     return max(found, key=lambda c: c.day).state if found else "stable"
 
 
-def eligible_days(volume: Volume, *, horizon_days: int,
-                  min_reviews: int, window_days: int = 90) -> list[tuple[str, int, Outcome]]:
+def eligible_days(volume: Volume, *, horizon_days: int, min_reviews: int, window_days: int = 90,
+                  from_day: int | None = None) -> list[tuple[str, int, Outcome]]:
     """Scored weekly-grid product-days with >= min_reviews in the detector's window."""
     out = []
     for pid in sorted(volume.days):
-        for day in grid(volume.first_day(pid), volume.span_end[pid] - horizon_days):
+        first = volume.first_day(pid) if from_day is None else max(from_day,
+                                                                   volume.first_day(pid))
+        for day in grid(first, volume.span_end[pid] - horizon_days):
             if volume.count(pid, day - window_days + 1, day) >= min_reviews:
                 out.append((pid, day, outcome(volume, pid, day, horizon_days)))
     return out
@@ -334,12 +337,13 @@ def direction_card(calls: Sequence[Call], state: str, volume: Volume,
             "median_lead_days": median(leads) if leads else None}
 
 
-def alert_card(alerts: Sequence[Alert], volume: Volume, *, horizon_days: int) -> dict[str, Any]:
+def alert_card(alerts: Sequence[Alert], volume: Volume, *, horizon_days: int,
+               from_day: int | None = None) -> dict[str, Any]:
     """Sharp-drop alerts: how many, how many scored, how many false, per product-year."""
     outcomes = [outcome(volume, a.product_id, a.day, horizon_days) for a in alerts]
     scored = [o for o in outcomes if o.is_scored]
     false = sum(not o.is_fall for o in scored)
-    years = volume.product_years()
+    years = volume.product_years(from_day)
     return {"alerts": len(alerts), "scored": len(scored), "false": false,
             "precision": _precision(len(scored) - false, len(scored)),
             "product_years": round(years, 2),
@@ -347,24 +351,39 @@ def alert_card(alerts: Sequence[Alert], volume: Volume, *, horizon_days: int) ->
 
 
 def scorecard(calls: Sequence[Call], alerts: Sequence[Alert], volume: Volume, *,
-              horizon_days: int, min_reviews: int) -> dict[str, Any]:
-    """One method's scorecard (both directions and its sharp-drop alerts)."""
-    eligible = eligible_days(volume, horizon_days=horizon_days, min_reviews=min_reviews)
-    return {"falling": direction_card(calls, "falling", volume, eligible,
-                                      horizon_days=horizon_days),
-            "rising": direction_card(calls, "rising", volume, eligible,
-                                     horizon_days=horizon_days),
-            "sharp_drop": alert_card(alerts, volume, horizon_days=horizon_days),
+              horizon_days: int, min_reviews: int, from_day: int | None = None) -> dict[str, Any]:
+    """One method's scorecard (both directions and its sharp-drop alerts).
+
+    With ``from_day``, only calls, alerts and eligible days from that day on are scored
+    (the replay itself starts at the beginning: the state before it is real).
+    """
+    eligible = eligible_days(volume, horizon_days=horizon_days, min_reviews=min_reviews,
+                             from_day=from_day)
+    if from_day is not None:
+        alerts = [a for a in alerts if a.day >= from_day]
+        scored_calls = [c for c in calls if c.day >= from_day]
+    else:
+        scored_calls = list(calls)
+    cards = {state: direction_card(scored_calls, state, volume, eligible,
+                                   horizon_days=horizon_days)
+             for state in ("falling", "rising")}
+    # recall reads the state on each eligible day, which earlier calls set too
+    for state in cards:
+        cards[state]["recall"] = direction_card(calls, state, volume, eligible,
+                                                horizon_days=horizon_days)["recall"]
+    return {**cards, "sharp_drop": alert_card(alerts, volume, horizon_days=horizon_days,
+                                              from_day=from_day),
             "eligible_product_days": len(eligible)}
 
 
 def sweep_point(calls: Sequence[Call], volume: Volume, *, horizon_days: int,
-                threshold: dict[str, float]) -> dict[str, Any]:
+                threshold: dict[str, float], from_day: int | None = None) -> dict[str, Any]:
     """Calls and precision of both directions at one threshold setting."""
     point: dict[str, Any] = {"threshold": threshold}
+    lo = -(1 << 62) if from_day is None else from_day
     for state in ("falling", "rising"):
         outcomes = [outcome(volume, c.product_id, c.day, horizon_days)
-                    for c in calls if c.state == state]
+                    for c in calls if c.state == state and c.day >= lo]
         scored = [o for o in outcomes if o.is_scored]
         right = sum(o.is_right(state) for o in scored)
         point[state] = {"calls": len(outcomes), "scored": len(scored),

@@ -63,6 +63,8 @@ class Inputs:
     params: DetectorParams
     model_id: str
     skipped: dict[str, int]
+    score_from_day: int | None = None  # calls before it are replayed, not scored
+    score_from_why: str = "every call is scored"
 
 
 def kafka_partition_of(partitions: int) -> bt.PartitionOf:
@@ -111,8 +113,13 @@ def score_reviews(path: Path, settings: Settings, *, model_dir: Path,
 
 
 def review_inputs(path: Path, settings: Settings, *, model_dir: Path, observation_end: str,
-                  cache_dir: Path = CACHE_DIR) -> Inputs:
-    """A review file, scored, with its volume series."""
+                  cache_dir: Path = CACHE_DIR, score_from: datetime | None = None) -> Inputs:
+    """A review file, scored, with its volume series.
+
+    When the file is the model's own training data, only calls from its held-out test
+    period on are scored (unless ``score_from`` says otherwise): the detector was fitted
+    on the earlier ones.
+    """
     from stream.artifact import read_manifest
 
     scores, model_id, skipped = score_reviews(path, settings, model_dir=model_dir,
@@ -123,10 +130,20 @@ def review_inputs(path: Path, settings: Settings, *, model_dir: Path, observatio
     volume = bt.Volume.from_events(
         ((s.product_id, day_of(s.ts_ms), s.rating, sources.get(s.review_id, ""))
          for s in scores), observation_end=observation_end)
-    params = detector_params(read_manifest(model_dir).detector, settings)
+    manifest = read_manifest(model_dir)
+    params = detector_params(manifest.detector, settings)
+    from_day, why = None, "every call is scored: the model was not trained on this file"
+    if score_from is not None:
+        from_day, why = day_of(to_ms(score_from)), "--score-from"
+    elif sha256_file(path) == manifest.training.data_fingerprint:
+        start = datetime.fromisoformat(f"{manifest.training.test_start}T00:00:00+00:00")
+        from_day = day_of(to_ms(start))
+        why = ("the model was trained on this file: only calls in its held-out test period "
+               f"(from {manifest.training.test_start}) are scored")
     return Inputs(kind="reviews", path=path, scores=scores, volume=volume,
                   last_day=max(day_of(s.ts_ms) for s in scores), params=params,
-                  model_id=model_id, skipped=skipped)
+                  model_id=model_id, skipped=skipped, score_from_day=from_day,
+                  score_from_why=why)
 
 
 def _sales_rows(path: Path) -> Iterator[tuple[str, str, int]]:
@@ -217,7 +234,8 @@ def run_methods(inputs: Inputs, settings: Settings, *,
         runs["rating"] = bt.grid_calls(inputs.volume, bt.rating_state, method="rating",
                                        last_day=inputs.last_day, options=rules)
     cards = {m: bt.scorecard(c, a, inputs.volume, horizon_days=h,
-                             min_reviews=inputs.params.min_reviews)
+                             min_reviews=inputs.params.min_reviews,
+                             from_day=inputs.score_from_day)
              for m, (c, a) in runs.items()}
     if sweep:
         for method, points in _sweeps(inputs, settings, rules).items():
@@ -231,18 +249,21 @@ def _sweeps(inputs: Inputs, settings: Settings,
     pairs = list(zip(SWEEP_FALL, SWEEP_RISE, strict=True))
     out["trendstream"] = [bt.sweep_point(_trendstream(
         inputs, _with_thresholds(inputs.params, f, r), settings)[0], inputs.volume,
-        horizon_days=h, threshold={"fall_enter_ratio": f, "rise_enter_ratio": r})
+        horizon_days=h, threshold={"fall_enter_ratio": f, "rise_enter_ratio": r},
+        from_day=inputs.score_from_day)
         for f, r in pairs]
     out["momentum"] = [bt.sweep_point(bt.grid_calls(
         inputs.volume, bt.momentum_state, method="momentum", last_day=inputs.last_day,
         options=bt.RuleOptions(min_reviews=rules.min_reviews, fall_below=f, rise_above=r))[0],
-        inputs.volume, horizon_days=h, threshold={"fall_below": f, "rise_above": r})
+        inputs.volume, horizon_days=h, threshold={"fall_below": f, "rise_above": r},
+        from_day=inputs.score_from_day)
         for f, r in pairs]
     if inputs.kind == "reviews":
         out["rating"] = [bt.sweep_point(bt.grid_calls(
             inputs.volume, bt.rating_state, method="rating", last_day=inputs.last_day,
             options=bt.RuleOptions(min_reviews=rules.min_reviews, rating_shift=s))[0],
-            inputs.volume, horizon_days=h, threshold={"rating_shift": s}) for s in SWEEP_RATING]
+            inputs.volume, horizon_days=h, threshold={"rating_shift": s},
+            from_day=inputs.score_from_day) for s in SWEEP_RATING]
     return out
 
 
@@ -258,7 +279,11 @@ def write_outputs(inputs: Inputs, result: dict[str, Any], out: Path, *,
                          "min_reviews": inputs.params.min_reviews,
                          "sharp_drop_fall": inputs.params.sharp_drop_fall},
             "horizon_days": inputs.params.horizon_days, "products": len(v.days),
-            "events": len(inputs.scores), "product_years": round(v.product_years(), 2),
+            "scored_from": None if inputs.score_from_day is None else
+            bt.day_end(inputs.score_from_day - 1).strftime("%Y-%m-%d"),
+            "scored_from_why": inputs.score_from_why,
+            "events": len(inputs.scores),
+            "product_years": round(v.product_years(inputs.score_from_day), 2),
             "skipped": inputs.skipped, "definitions": "README, 'Backtest'",
             "methods": result["scorecard"]}
     (out / "scorecard.json").write_text(json.dumps(card, indent=2) + "\n")
@@ -281,6 +306,7 @@ def summary_table(card: dict[str, Any]) -> str:
     """The scorecard as a readable table."""
     lines = [f"{card['data']} ({card['kind']}, {card['products']} products, "
              f"{card['events']} events, detector {card['detector']['version']})",
+             f"scored: {card['scored_from_why']}",
              f"{'method':<12} {'fall calls':>10} {'prec':>6} {'recall':>6} {'lead d':>6}   "
              f"{'rise calls':>10} {'prec':>6} {'recall':>6} {'lead d':>6}   "
              f"{'sharp':>5} {'false/py':>8}"]

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--plots", type=int, default=20,
                    help="PNG plots for the N products with most events (default %(default)s)")
     b.add_argument("--no-sweep", action="store_true", help="skip the threshold sweep")
+    b.add_argument("--score-from", type=_iso, default=None,
+                   help="score only calls from this time on (default: the model's held-out "
+                        "test start when the file is its training data, else every call)")
     t = sub.add_parser("settings", help="print the settings (or the README table)")
     t.add_argument("--markdown", action="store_true")
     return p
@@ -134,7 +137,8 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
     if args.data is not None:
         inputs = backtestio.review_inputs(args.data, settings,
                                           model_dir=args.model or settings.model_dir,
-                                          observation_end=args.observation_end)
+                                          observation_end=args.observation_end,
+                                          score_from=args.score_from)
     else:
         inputs = backtestio.sales_inputs(args.sales, settings,
                                          min_units=settings.min_reviews or 20,

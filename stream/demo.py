@@ -183,8 +183,11 @@ def _print_header(manifest: Manifest, data: Path, periods: dict[str, datetime],
     print(f"TrendStream demo — model {manifest.model_id}")
     print(f"  per-review text model: test ROC-AUC {_fmt(test.roc_auc)} (validation "
           f"{_fmt(val.roc_auc)}), accuracy {test.accuracy:.3f} vs constant prior "
-          f"{test.prior_accuracy:.3f}; the text signal is weak, the calls below are driven "
-          "mostly by review volume (README, \"Trend rule\")")
+          f"{test.prior_accuracy:.3f}: the per-review text signal is weak")
+    detector = manifest.detector
+    weights = ", ".join(f"{f} {w:+.2f}" for f, w in detector.weights.items())
+    print(f"  detector {detector.version}: predicted next-90-day volume ratio from {weights} "
+          f"(README, \"Trend rule\"; `make backtest` scores its calls)")
     print(f"data: {data.relative_to(REPO_ROOT) if data.is_relative_to(REPO_ROOT) else data}")
     print(f"replaying {periods['replay_from']:%Y-%m-%d} → end of data into "
           f"{settings.kafka_bootstrap} (topics '{settings.topic_prefix}*')")

@@ -87,6 +87,10 @@ def test_momentum_grid_calls_exact_days() -> None:
     card = bt.scorecard(calls, alerts, _launch_then_stop(), horizon_days=H, min_reviews=20)
     assert (card["rising"]["scored"], card["rising"]["right"]) == (2, 2)
     assert (card["falling"]["precision"], card["sharp_drop"]["false"]) == (1.0, 0)
+    late = bt.scorecard(calls, alerts, _launch_then_stop(), horizon_days=H, min_reviews=20,
+                        from_day=100)  # the rising call of day 21 is replayed, not scored
+    assert (late["rising"]["calls"], late["rising"]["right"]) == (1, 1)
+    assert late["sharp_drop"]["product_years"] == 0.82  # days 100..400
 
 
 def test_rating_rule_needs_a_shift_and_enough_ratings() -> None:
