@@ -21,6 +21,8 @@ draws it). Definitions (README, "Backtest"):
 * a **sharp-drop alert** is false when its outcome is scored and not a >= 20 % fall;
   false alerts are counted per product-year of observed span.
 
+Precisions carry a 90 % Wilson interval.
+
 Methods: ``trendstream`` (exactly the calls and alerts the worker emits: the worker's
 aggregation step, partitioned like Kafka's default partitioner, fed in the replay's
 order), ``momentum`` (recent 30-day rate against the 60 days before, falling below
@@ -316,6 +318,16 @@ def _precision(right: int, scored: int) -> float | None:
     return None if scored == 0 else round(right / scored, 4)
 
 
+def wilson_90(right: int, scored: int) -> list[float] | None:
+    """90 % Wilson score interval of a precision (few calls: the interval says how few)."""
+    if scored == 0:
+        return None
+    z2 = 1.6448536 ** 2
+    centre = (right + z2 / 2) / (scored + z2)
+    half = math.sqrt(z2) * math.sqrt(right * (scored - right) / scored + z2 / 4) / (scored + z2)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
 def direction_card(calls: Sequence[Call], state: str, volume: Volume,
                    eligible: Sequence[tuple[str, int, Outcome]], *,
                    horizon_days: int) -> dict[str, Any]:
@@ -332,6 +344,7 @@ def direction_card(calls: Sequence[Call], state: str, volume: Volume,
     hit = sum(state_at(by_product[p], p, d) == state for p, d in events)
     return {"calls": len(mine), "scored": len(scored), "right": len(right),
             "precision": _precision(len(right), len(scored)),
+            "precision_ci90": wilson_90(len(right), len(scored)),
             "recall": _precision(hit, len(events)), "recall_events": len(events),
             "base_rate": _precision(len(events), len(eligible)),
             "median_lead_days": median(leads) if leads else None}

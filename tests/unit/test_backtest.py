@@ -56,10 +56,17 @@ def test_direction_card_precision_recall_and_lead() -> None:
     calls = [bt.Call("m", "p", 80, "falling"), bt.Call("m", "p", 100, "rising")]
     falling = bt.direction_card(calls, "falling", v, eligible, horizon_days=H)
     assert falling == {"calls": 1, "scored": 1, "right": 1, "precision": 1.0,
-                       "recall": 0.3333, "recall_events": 9, "base_rate": 1.0,
+                       "precision_ci90": [0.2699, 1.0], "recall": 0.3333, "recall_events": 9,
+                       "base_rate": 1.0,
                        "median_lead_days": 16}
     rising = bt.direction_card(calls, "rising", v, eligible, horizon_days=H)
     assert (rising["precision"], rising["recall"], rising["base_rate"]) == (0.0, None, 0.0)
+
+
+def test_wilson_interval_by_hand() -> None:
+    """8 of 10: centre (8 + z^2/2) / (10 + z^2), half z sqrt(1.6 + z^2/4) / (10 + z^2)."""
+    assert bt.wilson_90(8, 10) == [0.5408, 0.9314]
+    assert bt.wilson_90(0, 0) is None
 
 
 def test_alert_card_counts_false_alerts_per_product_year() -> None:
