@@ -423,6 +423,18 @@ def _cell(metric: dict[str, Any]) -> str:
     return f"{metric['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{metric['value']:.3f}"
 
 
+def pivot(report: dict[str, Any], metric: str) -> str:
+    """One metric as a fold x method table (value [90 % interval])."""
+    methods = list(dict.fromkeys(m for f in report["folds"].values() for m in f["methods"]))
+    lines = [f"| fold ({metric}) | " + " | ".join(methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for name, fold in report["folds"].items():
+        cells = [_cell(fold["methods"][m][metric]) if m in fold["methods"] else "n/a"
+                 for m in methods]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as one Markdown table (value [90 % interval])."""
     lines = [f"Per-review evaluation ({report['version']}, H = {report['horizon_days']} days; "
@@ -436,7 +448,7 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{_cell(m['pr_auc_down'])} | {_cell(m['brier'])} | "
                          f"{_cell(m['accuracy'])} |")
     lines += ["", *(f"* {n}" for n in report["notes"])]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(pivot(report, m) for m in METRICS)
 
 
 def main(argv: list[str] | None = None) -> int:
