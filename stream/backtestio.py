@@ -2,7 +2,7 @@
 
 Review files are scored with the worker's own scorer and scoring stage (parsing included,
 so a review the worker would dead-letter is left out here too), in the replay's order
-(``stream.replay.load_sorted``), and the scores are cached by (model_id, file sha256) in
+(``stream.replay.replay_order``), and the scores are cached by (model_id, file sha256) in
 ``.cache/backtest/``. Sales files (``product_id,date,units,revenue``, the olist-sales
 format) have no text: each unit sold is one event, and ``trendstream`` runs with the
 velocity part of the detector only (``volume-v1``: weight 1 on volume, the documented
@@ -33,7 +33,8 @@ from stream import backtest as bt
 from stream.artifact import sha256_file
 from stream.errors import StreamError
 from stream.events import ReviewScore, day_of, to_ms
-from stream.replay import load_sorted, plan
+from stream.replay import plan, replay_order
+from stream.reviewfile import iter_records
 from stream.scoring import RawRecord, prepare, to_scores
 from stream.settings import REPO_ROOT, Settings
 from stream.trends import DetectorParams, detector_params
@@ -77,8 +78,20 @@ def _cache_path(path: Path, model_id: str, cache_dir: Path) -> Path:
     return cache_dir / f"{model_id}-{sha256_file(path)[:16]}.jsonl.gz"
 
 
-def score_reviews(path: Path, settings: Settings, *, model_dir: Path,
-                  cache_dir: Path = CACHE_DIR) -> tuple[list[ReviewScore], str, dict[str, int]]:
+def read_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """A review file's JSON objects in replay order, and how many lines were not objects."""
+    try:
+        records = list(iter_records(path))
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        msg = f"{path}: cannot read it as JSON lines (.jsonl or .jsonl.gz): {exc}"
+        raise BacktestError(msg) from exc
+    rows = sorted((obj for _, obj, _ in records if obj is not None), key=replay_order)
+    return rows, len(records) - len(rows)
+
+
+def score_reviews(path: Path, rows: list[dict[str, Any]], settings: Settings, *,
+                  model_dir: Path, cache_dir: Path = CACHE_DIR,
+                  ) -> tuple[list[ReviewScore], str, dict[str, int]]:
     """Every review of the file scored by the worker's scoring stage, in replay order."""
     from stream.inference import Scorer  # needs ONNX Runtime: only for review files
 
@@ -86,7 +99,6 @@ def score_reviews(path: Path, settings: Settings, *, model_dir: Path,
                     provider=settings.execution_provider,
                     intra_op_threads=settings.ort_intra_op_threads)
     cache = _cache_path(path, scorer.model_id, cache_dir)
-    rows = load_sorted(path)
     if cache.is_file():
         with gzip.open(cache, "rt", encoding="utf-8") as f:
             scores = [ReviewScore.model_validate_json(line) for line in f]
@@ -122,11 +134,18 @@ def review_inputs(path: Path, settings: Settings, *, model_dir: Path, observatio
     """
     from stream.artifact import read_manifest
 
-    scores, model_id, skipped = score_reviews(path, settings, model_dir=model_dir,
+    rows, unparseable = read_rows(path)
+    scores, model_id, skipped = score_reviews(path, rows, settings, model_dir=model_dir,
                                               cache_dir=cache_dir)
+    skipped["not_json_objects"] = unparseable
     if not scores:
-        raise BacktestError(f"{path}: no scorable reviews")
-    sources = {str(r["review_id"]): str(r.get("source") or "") for r in load_sorted(path)}
+        raise BacktestError(f"{path}: no scorable reviews ({unparseable} lines are not JSON "
+                            f"objects, {skipped['dead_lettered']} fail validation)")
+    if unparseable or skipped["dead_lettered"]:
+        log.warning("%s: %d lines are not JSON objects and %d reviews fail validation: left "
+                    "out, as the worker would dead-letter them", path, unparseable,
+                    skipped["dead_lettered"])
+    sources = {str(r["review_id"]): str(r.get("source") or "") for r in rows}
     volume = bt.Volume.from_events(
         ((s.product_id, day_of(s.ts_ms), s.rating, sources.get(s.review_id, ""))
          for s in scores), observation_end=observation_end)

@@ -42,7 +42,12 @@ def load_sorted(path: Path, *, since: datetime | None = None,
         lo = since.strftime("%Y-%m-%dT%H:%M:%SZ") if since else ""
         hi = until.strftime("%Y-%m-%dT%H:%M:%SZ") if until else "\uffff"
         rows = [r for r in rows if lo <= str(r.get("ts", "")) < hi]
-    return sorted(rows, key=lambda r: (str(r.get("ts", "")), str(r.get("review_id", ""))))
+    return sorted(rows, key=replay_order)
+
+
+def replay_order(row: dict[str, Any]) -> tuple[str, str]:
+    """The order a replay sends reviews in: (ts, review_id) as written."""
+    return str(row.get("ts", "")), str(row.get("review_id", ""))
 
 
 def malformed_records(template: dict[str, Any], count: int) -> list[Record]:
