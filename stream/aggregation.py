@@ -3,9 +3,10 @@
 Pure apart from the two mappings it is handed (the worker passes faust tables, the
 backtest and the tests pass dicts). For a record of partition ``p``:
 
-1. a review whose day is already closed on ``p`` is dead-lettered as ``late``;
-   a review_id seen before is skipped (same content) or dead-lettered
-   (``duplicate_conflict``); otherwise it is added to its product's window;
+1. a review_id seen before is skipped (same content) or dead-lettered
+   (``duplicate_conflict``), whether or not its day has closed since (a redelivery after a
+   crash is not late); else a review whose day is already closed on ``p`` is
+   dead-lettered as ``late``; otherwise it is added to its product's window;
    The window table holds one record per (product, day) plus one meta record per
    product, so a review rewrites one small day record, not the product's whole window;
 2. the partition's stream time advances; when that closes days, every product of
@@ -85,6 +86,12 @@ class Aggregator:
         """Apply one scored review, then advance the partition's stream time."""
         clock = self._clock(partition)
         result = StepResult()
+        known = self._state(score.product_id)
+        if known is not None and known.has(score.review_id):
+            # a redelivery (at-least-once, e.g. after a crash) is a duplicate, even when its
+            # day has closed since: the first delivery was counted
+            self._add(partition, score, result)
+            return result
         if clock.is_late(score.ts_ms):
             detail = (f"day {score.ts.date()} already closed on partition {partition} "
                       f"(closed through day {clock.closed_through_day})")

@@ -17,6 +17,8 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import faust
@@ -26,7 +28,7 @@ from pydantic import ValidationError
 from stream.aggregation import TICK_KEY, Aggregator, StepResult, tick_record
 from stream.events import DeadLetter, ReviewScore, dead_letter
 from stream.inference import Scorer
-from stream.scoring import RawRecord, prepare, to_scores
+from stream.scoring import RawRecord, prepare, score_prepared
 from stream.settings import Settings
 from stream.stats import Stats
 from stream.topics import CLOCKS_TABLE, WINDOWS_TABLE
@@ -126,20 +128,19 @@ def build_app(pipeline: Pipeline) -> faust.App:
 async def _score_batch(pipeline: Pipeline,
                        records: list[RawRecord]) -> tuple[list[ReviewScore], list[DeadLetter]]:
     s = pipeline.settings
-    stats = pipeline.stats
     started = time.perf_counter()
+    latest = datetime.now(UTC) + timedelta(seconds=s.max_future_s)
     prepared = prepare(records, max_event_bytes=s.max_event_bytes,
-                       max_raw_chars=s.dlq_max_raw_chars)
-    outputs: list[ReviewScore] = []
-    if prepared.reviews:
-        loop = asyncio.get_running_loop()
-        scored = await loop.run_in_executor(pipeline.executor, pipeline.scorer.score,
-                                            prepared.texts)
-        outputs = to_scores(prepared, scored, model_id=pipeline.scorer.model_id)
-    stats.on_batch(consumed=len(records), scored=len(outputs), dead=prepared.dead,
-                   unknown_fields=prepared.unknown_fields,
-                   seconds=time.perf_counter() - started)
-    return outputs, prepared.dead
+                       max_raw_chars=s.dlq_max_raw_chars, latest_ts=latest)
+    loop = asyncio.get_running_loop()
+    outputs, unscorable = await loop.run_in_executor(pipeline.executor, partial(
+        score_prepared, prepared, pipeline.scorer.score, model_id=pipeline.scorer.model_id,
+        max_raw_chars=s.dlq_max_raw_chars))
+    dead = prepared.dead + unscorable
+    pipeline.stats.on_batch(consumed=len(records), scored=len(outputs), dead=dead,
+                            unknown_fields=prepared.unknown_fields,
+                            seconds=time.perf_counter() - started)
+    return outputs, dead
 
 
 def _aggregate_one(pipeline: Pipeline, aggregator: Aggregator,
@@ -160,7 +161,14 @@ def _aggregate_one(pipeline: Pipeline, aggregator: Aggregator,
         dead = [to_dlq("wrong_type", f"not a ReviewScore: {exc.errors()[0]['msg']}", None)]
         pipeline.stats.on_aggregate(None, dead)
         return StepResult(), dead
-    result = aggregator.on_score(msg.partition, score)
+    try:
+        result = aggregator.on_score(msg.partition, score)
+    except Exception as exc:  # one record must never stop the stream: DLQ it, go on
+        log.warning("unprocessable score partition=%d offset=%d: %r", msg.partition,
+                    msg.offset, exc)
+        dead = [to_dlq("unprocessable", f"{type(exc).__name__}: {exc}"[:500], score.review_id)]
+        pipeline.stats.on_aggregate(None, dead)
+        return StepResult(), dead
     rejected = result.rejected
     dead = [] if rejected is None else [to_dlq(rejected.reason, rejected.detail,
                                                score.review_id)]

@@ -37,10 +37,24 @@ def _results(scorer: Scorer, chunk: list[tuple[int, dict[str, Any] | None, str]]
         except EventError as exc:
             row["reason"] = f"line {lineno}: {exc}"
     if parsed:
-        scored = scorer.score([review_text(r.title, r.text) for _, r in parsed])
-        for (row, _), value in zip(parsed, scored.scores, strict=True):
-            row["score"] = round(float(value), 6)
+        texts = [review_text(r.title, r.text) for _, r in parsed]
+        try:
+            values: list[float | None] = [float(v) for v in scorer.score(texts).scores]
+        except Exception:  # the batch holds a text the scorer fails on: find it
+            values = [_score_one(scorer, t) for t in texts]
+        for (row, _), value in zip(parsed, values, strict=True):
+            if value is None:
+                row["reason"] = "unscorable: the model failed on this text"
+            else:
+                row["score"] = round(value, 6)
     yield from rows
+
+
+def _score_one(scorer: Scorer, text: str) -> float | None:
+    try:
+        return float(scorer.score([text]).scores[0])
+    except Exception:  # unscorable: reported in the output line, the file goes on
+        return None
 
 
 def score_file(input_path: Path, output_path: Path, *, model_dir: Path,

@@ -55,6 +55,7 @@ REASONS: Final = (
     "late",
     "duplicate_conflict",
     "unscorable",
+    "unprocessable",
 )
 
 
@@ -272,31 +273,52 @@ def _decode_object(raw: bytes, *, max_event_bytes: int) -> dict[str, Any]:
         raise EventError("invalid_utf8", str(exc)) from exc
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EventError("invalid_json", str(exc)) from exc
+    except RecursionError as exc:  # e.g. 10,000 nested arrays
+        raise EventError("invalid_json", "nested too deeply to parse") from exc
+    except ValueError as exc:  # JSONDecodeError, or an integer past Python's digit limit
+        raise EventError("invalid_json", str(exc)[:200]) from exc
     if not isinstance(obj, dict):
         raise EventError("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    _check_encodable(obj)
     return obj
 
 
-def parse_review(raw: bytes | None, *, key: bytes | None, max_event_bytes: int) -> ReviewEvent:
+def _check_encodable(obj: dict[str, Any]) -> None:
+    """JSON may spell lone surrogates (\\ud800) that no UTF-8 text can hold: refuse them."""
+    for name, value in obj.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                msg = f"{name[:64]!r}: not valid Unicode text ({exc.reason} at {exc.start})"
+                raise EventError("invalid_utf8", msg) from exc
+
+
+def parse_review(raw: bytes | None, *, key: bytes | None, max_event_bytes: int,
+                 latest_ts: datetime | None = None) -> ReviewEvent:
     """Parse and validate one raw ``reviews`` record, or raise EventError with a reason.
 
     A null key is accepted (the review is re-keyed by product_id downstream); a key that
-    differs from the payload's product_id is rejected as ``key_mismatch``.
+    differs from the payload's product_id is rejected as ``key_mismatch``. An event time
+    after ``latest_ts`` (the worker passes its clock plus the allowed skew) is
+    ``ts_out_of_range``: one far-future time would otherwise close every day of its
+    partition, and all later reviews there would be late.
     """
     obj = _decode_object(raw or b"", max_event_bytes=max_event_bytes)
     version = obj.get("schema_version", REVIEW_SCHEMA_VERSION)
     if version != REVIEW_SCHEMA_VERSION:
         raise EventError("unsupported_schema_version", f"schema_version={version!r}; "
                          f"this worker reads {REVIEW_SCHEMA_VERSION}")
-    if isinstance(obj.get("rating"), int) and not isinstance(obj.get("rating"), bool):
-        obj["rating"] = float(obj["rating"])
+    rating = obj.get("rating")
+    if isinstance(rating, int) and not isinstance(rating, bool):
+        if abs(rating) > 5:
+            raise EventError("wrong_type", f"rating: {str(rating)[:32]} is not between 0 and 5")
+        obj["rating"] = float(rating)
     try:
         event = ReviewEvent.model_validate(_with_parsed_ts(obj))
     except ValidationError as exc:
         raise EventError(*_reason_for(exc)) from exc
-    _check_semantics(event, key=key)
+    _check_semantics(event, key=key, latest_ts=latest_ts)
     return event
 
 
@@ -310,14 +332,23 @@ def _with_parsed_ts(obj: dict[str, Any]) -> dict[str, Any]:
         raise EventError("bad_timestamp", f"ts: {ts[:64]!r} is not ISO-8601") from exc
     if parsed.tzinfo is None:
         raise EventError("bad_timestamp", f"ts: {ts[:64]!r} has no UTC offset")
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00
+        raise EventError("ts_out_of_range", f"ts: {ts[:64]!r} is outside the UTC calendar") \
+            from exc
     return {**obj, "ts": parsed}
 
 
-def _check_semantics(event: ReviewEvent, *, key: bytes | None) -> None:
+def _check_semantics(event: ReviewEvent, *, key: bytes | None,
+                     latest_ts: datetime | None) -> None:
     if not event.text.strip():
         raise EventError("empty_text", "text is empty or whitespace")
     if event.ts < MIN_EVENT_TIME:
         raise EventError("ts_out_of_range", f"ts {_utc_iso(event.ts)} is before 1990")
+    if latest_ts is not None and event.ts > latest_ts:
+        msg = f"ts {_utc_iso(event.ts)} is after {_utc_iso(latest_ts)} (now + max_future_s)"
+        raise EventError("ts_out_of_range", msg)
     if key is not None and key != event.product_id.encode():
         shown = key[:64].decode("utf-8", "backslashreplace")
         msg = f"record key {shown!r} is not the payload's product_id {event.product_id!r}"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
 
 from stream.errors import EventError
 from stream.events import DeadLetter, ReviewEvent, ReviewScore, dead_letter, parse_review
 from stream.inference import MAX_UNK_RATIO, ScoredBatch, review_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,18 +40,33 @@ class Prepared:
         return [review_text(r.title, r.text) for _, r in self.reviews]
 
 
-def prepare(records: Sequence[RawRecord], *, max_event_bytes: int,
-            max_raw_chars: int) -> Prepared:
-    """Parse every record; a bad one becomes a dead letter, the rest go on."""
+def _dead(rec: RawRecord, reason: str, detail: str, max_raw_chars: int,
+          review_id: str | None = None) -> DeadLetter:
+    return dead_letter(reason=reason, detail=detail, stage="score", topic=rec.topic,
+                       partition=rec.partition, offset=rec.offset, key=rec.key, raw=rec.value,
+                       max_raw_chars=max_raw_chars, review_id=review_id)
+
+
+def prepare(records: Sequence[RawRecord], *, max_event_bytes: int, max_raw_chars: int,
+            latest_ts: datetime | None = None) -> Prepared:
+    """Parse every record; a bad one becomes a dead letter, the rest go on.
+
+    A record that makes the parser fail in a way it does not expect is dead-lettered as
+    ``unprocessable`` with the exception: one record must never stop the stream.
+    """
     out = Prepared()
     for rec in records:
         try:
-            review = parse_review(rec.value, key=rec.key, max_event_bytes=max_event_bytes)
+            review = parse_review(rec.value, key=rec.key, max_event_bytes=max_event_bytes,
+                                  latest_ts=latest_ts)
         except EventError as exc:
-            out.dead.append(dead_letter(reason=exc.reason, detail=exc.detail, stage="score",
-                                        topic=rec.topic, partition=rec.partition,
-                                        offset=rec.offset, key=rec.key, raw=rec.value,
-                                        max_raw_chars=max_raw_chars))
+            out.dead.append(_dead(rec, exc.reason, exc.detail, max_raw_chars))
+            continue
+        except Exception as exc:  # any input-triggered failure: DLQ, go on
+            log.warning("unprocessable record partition=%d offset=%d: %r", rec.partition,
+                        rec.offset, exc)
+            out.dead.append(_dead(rec, "unprocessable", f"{type(exc).__name__}: {exc}"[:500],
+                                  max_raw_chars))
             continue
         out.unknown_fields += review.unknown_fields
         out.reviews.append((rec, review))
@@ -66,3 +87,37 @@ def to_scores(prepared: Prepared, scored: ScoredBatch, *, model_id: str) -> list
             source_partition=rec.partition, source_offset=rec.offset)
         for i, (rec, review) in enumerate(prepared.reviews)
     ]
+
+
+ScoreFn = Callable[[Sequence[str]], ScoredBatch]
+
+
+def score_prepared(prepared: Prepared, score: ScoreFn, *, model_id: str,
+                   max_raw_chars: int) -> tuple[list[ReviewScore], list[DeadLetter]]:
+    """Score the parsed reviews; a text the scorer fails on is dead-lettered, not fatal.
+
+    When the batch call fails, each review is scored alone (scores are batch-invariant,
+    so nothing changes for the others) and those that still fail become ``unscorable``
+    dead letters. If every review fails, the scorer itself is broken: that is raised.
+    """
+    if not prepared.reviews:
+        return [], []
+    try:
+        return to_scores(prepared, score(prepared.texts), model_id=model_id), []
+    except Exception as first:  # find the review that broke the batch
+        failure: Exception = first
+    kept, batches, dead = Prepared(), [], []
+    for (rec, review), text in zip(prepared.reviews, prepared.texts, strict=True):
+        try:
+            batches.append(score([text]))
+        except Exception as exc:
+            failure = exc
+            dead.append(_dead(rec, "unscorable", f"{type(exc).__name__}: {exc}"[:500],
+                              max_raw_chars, review.review_id))
+            continue
+        kept.reviews.append((rec, review))
+    if not kept.reviews:
+        raise failure
+    merged = ScoredBatch(*(np.concatenate([getattr(b, f) for b in batches])
+                           for f in ("scores", "unk_ratio", "n_tokens", "is_truncated")))
+    return to_scores(kept, merged, model_id=model_id), dead

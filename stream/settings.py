@@ -57,6 +57,10 @@ class Settings(BaseSettings):
                                     "for its micro-batch to fill")
     max_event_bytes: int = Field(262_144, ge=1024, le=16_777_216, description="larger input "
                                  "records are dead-lettered as too_large")
+    max_future_s: float = Field(86_400.0, ge=0, description="events timed more than this "
+                                "after the worker's clock are dead-lettered as ts_out_of_range "
+                                "(one far-future time would make its partition's later events "
+                                "late)")
     dlq_max_raw_chars: int = Field(8192, ge=0, le=1_048_576, description="raw value kept in a "
                                    "dead letter (the sha256 covers all of it)")
     # Windows and trends

@@ -57,6 +57,10 @@ class ProductState:
             self.last_review_day = day
         return "added"
 
+    def has(self, review_id: str) -> bool:
+        """True when the window holds this review_id."""
+        return review_id in self._content_by_id
+
     def reviews_between(self, first_day: int, last_day: int) -> list[Review]:
         """Reviews of days first_day..last_day (inclusive), sorted by review_id."""
         found = [r for d, b in self.buckets.items() if first_day <= d <= last_day for r in b]

@@ -35,6 +35,17 @@ def test_late_event_is_rejected_and_in_time_event_accepted() -> None:
     assert agg.on_score(0, _score("a", 11, 1)).is_accepted
 
 
+def test_redelivery_after_its_day_closed_is_a_duplicate_not_late() -> None:
+    """Scores re-read after a crash: a counted review is skipped even once its day closed."""
+    agg = _aggregator()
+    assert agg.on_score(0, _score("a", 10)).is_accepted
+    assert agg.on_score(0, _score("a", 13)).is_accepted  # closes day 10
+    again = agg.on_score(0, _score("a", 10))
+    assert again.is_duplicate and again.rejected is None
+    conflict = agg.on_score(0, _score("a", 10, sha="other"))
+    assert conflict.rejected is not None and conflict.rejected.reason == "duplicate_conflict"
+
+
 def test_duplicate_skipped_and_conflict_rejected() -> None:
     """A re-sent review is skipped; the same review_id with other content is rejected."""
     agg = _aggregator()

@@ -43,12 +43,30 @@ def test_good_review_parses_with_unknown_fields_counted() -> None:
     (_raw(ts="2017-01-02T00:00:00"), b"p1", "bad_timestamp"),
     (_raw(ts="1989-12-31T23:59:59Z"), b"p1", "ts_out_of_range"),
     (_raw(), b"p2", "key_mismatch"),
+    # found by a hostile-input run: each of these once crashed the scoring agent
+    (b"[" * 3000 + b"]" * 3000, b"p1", "invalid_json"),
+    (_raw(extra=0).replace(b'"extra": 0', b'"extra": ' + b"9" * 5000), b"p1", "invalid_json"),
+    (_raw(rating=10 ** 400), b"p1", "wrong_type"),
+    (_raw(text="broken \ud800 surrogate"), b"p1", "invalid_utf8"),
+    (_raw(ts="0001-01-01T00:00:00+01:00"), b"p1", "ts_out_of_range"),
+    (_raw(ts="9999-12-31T23:59:59-01:00"), b"p1", "ts_out_of_range"),
 ])
 def test_bad_input_reason(raw: bytes, key: bytes, reason: str) -> None:
     """Each malformed record raises EventError with the documented reason code."""
     with pytest.raises(EventError) as info:
         parse_review(raw, key=key, max_event_bytes=10_000)
     assert info.value.reason == reason
+
+
+def test_far_future_time_is_out_of_range() -> None:
+    """A time past the worker's clock + skew is refused; one at the limit is accepted."""
+    from datetime import UTC, datetime
+    limit = datetime(2017, 1, 2, tzinfo=UTC)
+    assert parse_review(_raw(), key=None, max_event_bytes=10_000, latest_ts=limit)
+    with pytest.raises(EventError) as info:
+        parse_review(_raw(ts="2017-01-02T00:00:01Z"), key=None, max_event_bytes=10_000,
+                     latest_ts=limit)
+    assert info.value.reason == "ts_out_of_range"
 
 
 def test_null_key_is_accepted() -> None:
@@ -69,6 +87,30 @@ def test_prepare_keeps_good_events_and_dead_letters_bad_ones_with_position() -> 
     assert len(dead.raw_value or "") == 100
     assert dead.raw_sha256 == hashlib.sha256(b"\xff" * 9000).hexdigest()
     assert dead.raw_size_bytes == 9000
+
+
+def test_a_text_the_scorer_fails_on_is_dead_lettered_and_the_rest_scored() -> None:
+    """The batch call fails; each review is retried alone and only the bad one is dead-lettered."""
+    import numpy as np
+
+    from stream.inference import ScoredBatch
+    from stream.scoring import score_prepared
+
+    def score(texts: list[str]) -> ScoredBatch:
+        if any("poison" in t for t in texts):
+            raise TypeError("tokenizer cannot read this")
+        n = len(texts)
+        return ScoredBatch(np.full(n, 0.25, np.float32), np.zeros(n, np.float32),
+                           np.full(n, 5, np.int32), np.zeros(n, bool))
+    records = [RawRecord("reviews", 0, i, b"p1", _raw(review_id=f"r{i}", text=text))
+               for i, text in enumerate(["fine", "poison pill", "also fine"])]
+    out, dead = score_prepared(prepare(records, max_event_bytes=10_000, max_raw_chars=50),
+                               score, model_id="m", max_raw_chars=50)
+    assert [(s.review_id, s.score) for s in out] == [("r0", 0.25), ("r2", 0.25)]
+    assert [(d.reason, d.offset, d.review_id) for d in dead] == [("unscorable", 1, "r1")]
+    with pytest.raises(TypeError):  # every review fails: the scorer is broken, not the input
+        score_prepared(prepare(records[1:2], max_event_bytes=10_000, max_raw_chars=50),
+                       score, model_id="m", max_raw_chars=50)
 
 
 def test_dead_letter_round_trips_as_json() -> None:
