@@ -155,3 +155,47 @@ def test_restart_then_idle_ticks_turn_a_silent_product_falling(
     assert {(c.product_id, c.previous_state, c.new_state, c.event_id) for c in changes} == \
         expected
     assert changes[-1].signals.days_since_last_review == 13
+
+
+def _hostile(pid: str) -> list[tuple[bytes, str]]:
+    """Records that once crashed the scoring agent, with the reason each must get."""
+    good = _review(pid, 0, 99)
+    def raw(**changes: object) -> bytes:
+        return json.dumps({**good, **changes}).encode()
+    return [(b"[" * 5000 + b"]" * 5000, "invalid_json"),
+            (raw(extra=0).replace(b'"extra": 0', b'"extra": ' + b"9" * 5000), "invalid_json"),
+            (raw(rating=10 ** 400), "wrong_type"),
+            (raw(text="lone \ud800 surrogate"), "invalid_utf8"),
+            (raw(ts="0001-01-01T00:00:00+01:00"), "ts_out_of_range"),
+            (raw(ts="9999-12-31T23:59:59Z"), "ts_out_of_range")]
+
+
+def test_hostile_records_are_dead_lettered_and_the_worker_goes_on(
+        kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Each hostile record gets its DLQ reason; the good reviews around them are all scored."""
+    env = unique_env(kafka_bootstrap, tiny_model_dir)
+    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()})
+    (pid,) = _same_partition_ids(1)
+    good = [_review(pid, d, 0) for d in range(40)]
+    hostile = _hostile(pid)
+    records = [(pid.encode(), json.dumps(r).encode()) for r in good[:20]]
+    records += [(pid.encode(), value) for value, _ in hostile]
+    records += [(pid.encode(), json.dumps(r).encode()) for r in good[20:]]
+    asyncio.run(ensure_topics(settings))
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        asyncio.run(produce(settings, records, topic=settings.topic("reviews")))
+        stats = wait_for(lambda: (s := worker.get("/stats")) and s["accepted"] +
+                         s["dead_lettered_total"] >= len(records) and s,
+                         timeout_s=120, what="all records processed")
+        assert (worker.get("/readyz") or {}).get("ready")
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    scores = [ReviewScore.model_validate_json(v) for _, _, v in
+              read_topic(kafka_bootstrap, settings.topic("review-scores"))]
+    assert sorted(s.review_id for s in scores) == sorted(str(r["review_id"]) for r in good)
+    dead = [DeadLetter.model_validate_json(v) for _, _, v in
+            read_topic(kafka_bootstrap, settings.topic("reviews-dlq"))]
+    assert Counter(d.reason for d in dead) == Counter(reason for _, reason in hostile)
+    assert (stats["accepted"], stats["dead_lettered_total"]) == (40, 6)
