@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -51,8 +53,12 @@ class Pipeline:
 
 
 def _faust_app(settings: Settings) -> faust.App:
+    # Tables live in memory (state is rebuilt from the changelog); faust still makes a
+    # data directory: keep it out of the working directory.
+    datadir = Path(tempfile.gettempdir()) / "trendstream-faust" / settings.app_id
     return faust.App(
         settings.app_id, broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
+        datadir=str(datadir),
         env_prefix="TRENDSTREAM_FAUST_", topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor, topic_allow_declare=True,
         producer_acks=-1, broker_session_timeout=settings.broker_session_timeout_s,

@@ -347,7 +347,7 @@ def direction_card(calls: Sequence[Call], state: str, volume: Volume,
             "precision_ci90": wilson_90(len(right), len(scored)),
             "recall": _precision(hit, len(events)), "recall_events": len(events),
             "base_rate": _precision(len(events), len(eligible)),
-            "median_lead_days": median(leads) if leads else None}
+            "median_lead_days": float(median(leads)) if leads else None}
 
 
 def alert_card(alerts: Sequence[Alert], volume: Volume, *, horizon_days: int,

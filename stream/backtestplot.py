@@ -60,8 +60,9 @@ def plot_product(inputs: Any, result: dict[str, Any], product_id: str, path: Pat
             top.scatter([_date(a.day)], [ymax * _ROW[method]], marker="x", color="black", s=60)
     top.set_ylim(0, ymax * 1.08)
     top.set_ylabel("events / week")
-    top.set_title(f"{product_id}: calls (rows: trendstream, momentum, rating; ▲ rising, "
-                  f"▼ falling, ● stable, x sharp drop)", fontsize=9)
+    rows = ", ".join(result["runs"])
+    top.set_title(f"{product_id}: calls (rows: {rows}; ▲ rising, ▼ falling, ● stable, "
+                  f"x sharp drop)", fontsize=9)
     state = _full_state(inputs, product_id)
     predicted = [math.exp(signals_at(state, d, inputs.params).trend_index) for d in weeks]
     realized = [(o.after / o.before) if o.is_scored and o.before else math.nan
@@ -111,5 +112,6 @@ def write_report(inputs: Any, result: dict[str, Any], out: Path, *, max_products
         f"</title><style>td,th{{padding:2px 8px;border:1px solid #ccc}}</style></head><body>"
         f"<h1>Backtest: {html.escape(str(inputs.path))}</h1><p>model {inputs.model_id}, "
         f"detector {inputs.params.version}, horizon {inputs.params.horizon_days} days; "
-        f"definitions in the README (Backtest)</p><table>{head}{_card_rows(card)}</table>"
+        f"definitions in the README (Backtest); plots for the {len(chosen)} products with "
+        f"the most events (--plots)</p><table>{head}{_card_rows(card)}</table>"
         f"{images}</body></html>\n")
