@@ -56,6 +56,7 @@ def _faust_app(settings: Settings) -> faust.App:
     # Tables live in memory (state is rebuilt from the changelog); faust still makes a
     # data directory: keep it out of the working directory.
     datadir = Path(tempfile.gettempdir()) / "trendstream-faust" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # faust makes only the last level
     return faust.App(
         settings.app_id, broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
         datadir=str(datadir),
