@@ -63,3 +63,26 @@ def read_topic(bootstrap: str, topic: str, *, partitions: int = 6,
         finally:
             await consumer.stop()
     return asyncio.run(run())
+
+
+def process_records(env: dict[str, str], records: list[tuple[bytes | None, bytes | None]],
+                    log_path: Path, *, timeout_s: float = 180) -> dict[str, Any]:
+    """Start a worker, produce the records, wait until each is accepted, skipped or
+    dead-lettered, check it is still ready, stop it (exit 0); return its /stats."""
+    from stream.replay import produce
+    from stream.settings import Settings
+    from stream.topics import ensure_topics
+
+    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()})
+    asyncio.run(ensure_topics(settings))
+    worker = start_worker(env, log_path)
+    try:
+        worker.wait_ready()
+        asyncio.run(produce(settings, records, topic=settings.topic("reviews")))
+        stats = wait_for(lambda: (s := worker.get("/stats")) and s["accepted"] +
+                         s["dead_lettered_total"] + s["duplicates_skipped"] >= len(records)
+                         and s, timeout_s=timeout_s, what="all records processed")
+        assert (worker.get("/readyz") or {}).get("ready"), "worker not ready after the records"
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    return stats

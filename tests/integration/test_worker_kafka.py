@@ -24,7 +24,7 @@ from stream.replay import plan, produce
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
-from .helpers import read_topic, start_worker, unique_env, wait_for
+from .helpers import process_records, read_topic, start_worker, unique_env, wait_for
 
 pytestmark = pytest.mark.integration
 START = datetime(2017, 1, 1, tzinfo=UTC)
@@ -77,16 +77,7 @@ def test_reviews_in_scores_trends_and_dead_letters_out(kafka_bootstrap: str,
     a, b = _same_partition_ids(2)
     rows = _series(a, b)
     records = plan(rows, malformed=7, seed=3)
-    asyncio.run(ensure_topics(settings))
-    worker = start_worker(env, tmp_path / "worker.log")
-    try:
-        worker.wait_ready()
-        asyncio.run(produce(settings, records, topic=settings.topic("reviews")))
-        stats = wait_for(lambda: (s := worker.get("/stats")) and s["accepted"] +
-                         s["dead_lettered_total"] + s["duplicates_skipped"] >= len(records) and s,
-                         timeout_s=180, what="all records processed")
-    finally:
-        assert worker.stop() == 0, worker.log_tail()
+    stats = process_records(env, records, tmp_path / "worker.log")
 
     scores = [ReviewScore.model_validate_json(v) for _, _, v in
               read_topic(kafka_bootstrap, settings.topic("review-scores"))]
@@ -181,17 +172,7 @@ def test_hostile_records_are_dead_lettered_and_the_worker_goes_on(
     records = [(pid.encode(), json.dumps(r).encode()) for r in good[:20]]
     records += [(pid.encode(), value) for value, _ in hostile]
     records += [(pid.encode(), json.dumps(r).encode()) for r in good[20:]]
-    asyncio.run(ensure_topics(settings))
-    worker = start_worker(env, tmp_path / "worker.log")
-    try:
-        worker.wait_ready()
-        asyncio.run(produce(settings, records, topic=settings.topic("reviews")))
-        stats = wait_for(lambda: (s := worker.get("/stats")) and s["accepted"] +
-                         s["dead_lettered_total"] >= len(records) and s,
-                         timeout_s=120, what="all records processed")
-        assert (worker.get("/readyz") or {}).get("ready")
-    finally:
-        assert worker.stop() == 0, worker.log_tail()
+    stats = process_records(env, records, tmp_path / "worker.log", timeout_s=120)
     scores = [ReviewScore.model_validate_json(v) for _, _, v in
               read_topic(kafka_bootstrap, settings.topic("review-scores"))]
     assert sorted(s.review_id for s in scores) == sorted(str(r["review_id"]) for r in good)
