@@ -8,7 +8,7 @@ EXTRAS ?= cpu,export,report,dev
 MODEL_DIR ?= models/default
 KAFKA := deploy/kafka/kafka.sh
 
-.PHONY: help venv model demo test test-unit test-integration lint eval backtest kafka-up kafka-down kafka-status clean
+.PHONY: help venv model demo test test-unit test-integration lint eval backtest bench kafka-up kafka-down kafka-status clean
 
 help:
 	@echo "make demo   - the main job on bundled real reviews (starts Kafka, exports the model once)"
@@ -55,6 +55,10 @@ backtest: $(STAMP) model
 	  $(PY) -m stream backtest --data data/$$s/reviews.jsonl.gz --model $(MODEL_DIR) --out out/backtest/$$s || exit 1; \
 	done
 	$(PY) -m stream backtest --sales data/olist-sales/sales_daily.csv.gz --out out/backtest/olist-sales
+
+# A slice of issue 4: raw scorer policies and the pure aggregation step (a few minutes).
+bench: $(STAMP) model
+	$(PY) -m stream bench --out out/bench/bench.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check stream export tests

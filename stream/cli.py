@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--score-from", type=_iso, default=None,
                    help="score only calls from this time on (default: the model's held-out "
                         "test start when the file is its training data, else every call)")
+    n = sub.add_parser("bench", help="throughput of the raw scorer policies and the "
+                       "aggregation step (writes JSON)")
+    n.add_argument("--reviews", type=int, default=2000, help="reviews timed (default %(default)s)")
+    n.add_argument("--repeats", type=int, default=2, help="passes per policy, best kept")
+    n.add_argument("--full", action="store_true", help="8,000 reviews, 3 passes")
+    n.add_argument("--out", type=Path, default=Path("out/bench/bench.json"))
     t = sub.add_parser("settings", help="print the settings (or the README table)")
     t.add_argument("--markdown", action="store_true")
     return p
@@ -124,6 +130,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                         keep_topics=args.keep_topics)
     if args.command == "backtest":
         return _backtest(args, settings)
+    if args.command == "bench":
+        from stream.bench import run_bench, table, write
+        report = run_bench(settings, n_reviews=8000 if args.full else args.reviews,
+                           repeats=3 if args.full else args.repeats)
+        write(report, args.out)
+        print(table(report))
+        print(f"wrote {args.out}")
+        return 0
     if args.command == "settings":
         from stream.settingsdoc import describe
         print(describe(settings, markdown=args.markdown))

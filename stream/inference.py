@@ -150,6 +150,17 @@ class Scorer:
                                                 providers=["CPUExecutionProvider"])
         return chosen
 
+    def run_chunk(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """sigmoid(logit) of one chunk of token ids, right-padded to its longest row."""
+        feeds = pad(ids)
+        logits = self.session.run(None, {k: feeds[k] for k in self._input_names})[0]
+        return 1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float64)))
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated like the scorer does."""
+        return [truncate(e.ids, self.max_length)
+                for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+
     def score(self, texts: Sequence[str]) -> ScoredBatch:
         """Score texts in length-sorted chunks; results follow the input order."""
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
@@ -158,9 +169,7 @@ class Scorer:
         ids = [truncate(e.ids, self.max_length) for e in encodings]
         scores = np.empty(len(ids), dtype=np.float32)
         for idx in chunks(ids, size=self.chunk_size):
-            feeds = pad([ids[i] for i in idx])
-            logits = self.session.run(None, {k: feeds[k] for k in self._input_names})[0]
-            scores[idx] = 1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float64)))
+            scores[idx] = self.run_chunk([ids[i] for i in idx])
         unk = self.manifest.unk_token_id
         unk_ratio = np.fromiter(
             (e.ids[1:-1].count(unk) / max(1, len(e.ids) - 2) for e in encodings),
