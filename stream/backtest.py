@@ -328,13 +328,24 @@ def wilson_90(right: int, scored: int) -> list[float] | None:
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
+def _entries(calls: Sequence[Call], state: str, volume: Volume, horizon_days: int,
+             from_day: int | None) -> tuple[list[Call], list[tuple[Call, Outcome]]]:
+    """One direction's calls from ``from_day`` on, and those of them whose outcome is scored."""
+    lo = -(1 << 62) if from_day is None else from_day
+    mine = [c for c in calls if c.state == state and c.day >= lo]
+    outcomes = [(c, outcome(volume, c.product_id, c.day, horizon_days)) for c in mine]
+    return mine, [(c, o) for c, o in outcomes if o.is_scored]
+
+
 def direction_card(calls: Sequence[Call], state: str, volume: Volume,
                    eligible: Sequence[tuple[str, int, Outcome]], *,
-                   horizon_days: int) -> dict[str, Any]:
-    """Precision, recall, number of calls and median lead of one direction."""
-    mine = [c for c in calls if c.state == state]
-    outcomes = [(c, outcome(volume, c.product_id, c.day, horizon_days)) for c in mine]
-    scored = [(c, o) for c, o in outcomes if o.is_scored]
+                   horizon_days: int, from_day: int | None = None) -> dict[str, Any]:
+    """Precision, recall, number of calls and median lead of one direction.
+
+    Precision counts the calls from ``from_day`` on; recall reads the state on each
+    eligible day, which earlier calls set too.
+    """
+    mine, scored = _entries(calls, state, volume, horizon_days, from_day)
     right = [c for c, o in scored if o.is_right(state)]
     leads = [d for c in right if (d := lead_days(volume, c, horizon_days)) is not None]
     events = [(p, d) for p, d, o in eligible if o.is_right(state)]
@@ -374,16 +385,9 @@ def scorecard(calls: Sequence[Call], alerts: Sequence[Alert], volume: Volume, *,
                              from_day=from_day)
     if from_day is not None:
         alerts = [a for a in alerts if a.day >= from_day]
-        scored_calls = [c for c in calls if c.day >= from_day]
-    else:
-        scored_calls = list(calls)
-    cards = {state: direction_card(scored_calls, state, volume, eligible,
-                                   horizon_days=horizon_days)
+    cards = {state: direction_card(calls, state, volume, eligible, horizon_days=horizon_days,
+                                   from_day=from_day)
              for state in ("falling", "rising")}
-    # recall reads the state on each eligible day, which earlier calls set too
-    for state in cards:
-        cards[state]["recall"] = direction_card(calls, state, volume, eligible,
-                                                horizon_days=horizon_days)["recall"]
     return {**cards, "sharp_drop": alert_card(alerts, volume, horizon_days=horizon_days,
                                               from_day=from_day),
             "eligible_product_days": len(eligible)}
@@ -393,12 +397,9 @@ def sweep_point(calls: Sequence[Call], volume: Volume, *, horizon_days: int,
                 threshold: dict[str, float], from_day: int | None = None) -> dict[str, Any]:
     """Calls and precision of both directions at one threshold setting."""
     point: dict[str, Any] = {"threshold": threshold}
-    lo = -(1 << 62) if from_day is None else from_day
     for state in ("falling", "rising"):
-        outcomes = [outcome(volume, c.product_id, c.day, horizon_days)
-                    for c in calls if c.state == state and c.day >= lo]
-        scored = [o for o in outcomes if o.is_scored]
-        right = sum(o.is_right(state) for o in scored)
-        point[state] = {"calls": len(outcomes), "scored": len(scored),
+        mine, scored = _entries(calls, state, volume, horizon_days, from_day)
+        right = sum(o.is_right(state) for _, o in scored)
+        point[state] = {"calls": len(mine), "scored": len(scored),
                         "precision": _precision(right, len(scored))}
     return point
