@@ -2,8 +2,8 @@
 
 Review files are scored with the worker's own scorer and scoring stage (parsing included,
 so a review the worker would dead-letter is left out here too), in the replay's order
-(``stream.replay.replay_order``), and the scores are cached by (model_id, file sha256) in
-``.cache/backtest/``. Sales files (``product_id,date,units,revenue``, the olist-sales
+(``stream.replay.replay_order``), and the scores are cached by (model_id, variant, file
+sha256) in ``.cache/backtest/``. Sales files (``product_id,date,units,revenue``, the olist-sales
 format) have no text: each unit sold is one event, and ``trendstream`` runs with the
 velocity part of the detector only (``volume-v1``: weight 1 on volume, the documented
 momentum thresholds with hysteresis), on one partition (one stream clock).
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -38,6 +38,9 @@ from stream.reviewfile import iter_records
 from stream.scoring import RawRecord, prepare, to_scores
 from stream.settings import REPO_ROOT, Settings
 from stream.trends import DetectorParams, detector_params
+
+if TYPE_CHECKING:
+    from stream.inference import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,10 @@ def kafka_partition_of(partitions: int) -> bt.PartitionOf:
     return lambda product_id: partitioner(product_id.encode(), ids, ids)
 
 
-def _cache_path(path: Path, model_id: str, cache_dir: Path) -> Path:
-    return cache_dir / f"{model_id}-{sha256_file(path)[:16]}.jsonl.gz"
+def _cache_path(path: Path, scorer: Scorer, cache_dir: Path) -> Path:
+    """Scores depend on the model, the variant the scorer picked and the file's bytes."""
+    return cache_dir / (f"{scorer.model_id}-{scorer.variant.precision}-"
+                        f"{sha256_file(path)[:16]}.jsonl.gz")
 
 
 def read_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -98,7 +103,7 @@ def score_reviews(path: Path, rows: list[dict[str, Any]], settings: Settings, *,
     scorer = Scorer(model_dir, variant=settings.model_variant,
                     provider=settings.execution_provider,
                     intra_op_threads=settings.ort_intra_op_threads)
-    cache = _cache_path(path, scorer.model_id, cache_dir)
+    cache = _cache_path(path, scorer, cache_dir)
     if cache.is_file():
         with gzip.open(cache, "rt", encoding="utf-8") as f:
             scores = [ReviewScore.model_validate_json(line) for line in f]
