@@ -76,10 +76,12 @@ def summary(result: ExportResult) -> str:
                      f"prior_accuracy={x.prior_accuracy:.3f} brier={x.brier:.3f} "
                      f"positive_rate={x.positive_rate:.3f}")
     for name, v in m.variants.items():
+        invariance = "n/a (CUDA: gpu-check)" if v.batch_invariance_max_abs_diff is None \
+            else f"{v.batch_invariance_max_abs_diff:.2e}"
         lines.append(f"{name:<5} {v.file} {result.sizes_bytes[v.file] / 1e6:.1f} MB "
                      f"parity max={v.parity_max_abs_diff:.2e} "
                      f"mean={result.parity[name].mean_abs_diff:.2e} (atol {v.parity_atol}) "
-                     f"batch_invariance={v.batch_invariance_max_abs_diff:.2e}")
+                     f"batch_invariance={invariance}")
     lines.append(f"int8-dynamic (reference, not shipped) batch_invariance="
                  f"{result.batch_invariance['int8-dynamic']:.2e}")
     lines.append("timings_s " + " ".join(f"{k}={v}" for k, v in result.timings_s.items()))

@@ -17,9 +17,10 @@ from stream.trends import DetectorParams
 
 MODEL_FILE: Final = "model.onnx"
 INT8_FILE: Final = "model.int8.onnx"
+FP16_FILE: Final = "model.fp16.onnx"
 TOKENIZER_FILE: Final = "tokenizer.json"
-_VERSIONED: Final = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-                     "tokenizers", "numpy")
+_VERSIONED: Final = ("torch", "transformers", "optimum", "optimum-onnx", "onnx",
+                     "onnxconverter-common", "onnxruntime", "tokenizers", "numpy")
 
 
 def staging_dir(target: Path) -> Path:

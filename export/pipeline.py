@@ -1,4 +1,4 @@
-"""The whole export: data -> labels -> fine-tune -> ONNX + int8 -> parity -> model directory."""
+"""The whole export: data -> labels -> fine-tune -> ONNX fp32/int8/fp16 -> parity -> model dir."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 from transformers import BertForSequenceClassification
 
-from export import convert, data, detector_fit, package, train
+from export import convert, data, detector_fit, fp16, package, train
 from export.data import ObservationEnd
 from export.errors import DataError
 from export.train import TrainConfig
@@ -70,7 +70,7 @@ class ExportResult:
     manifest: Manifest
     model: BertForSequenceClassification
     timings_s: dict[str, float]
-    parity: dict[str, Parity]
+    parity: dict[str, Parity]  # fp32, int8, and fp16 when the CPU provider ran it
     batch_invariance: dict[str, float]  # fp32, int8 (static), int8-dynamic (reference)
     int8_drift: dict[str, float]  # |int8 - fp32| on the parity set: max, mean
     sizes_bytes: dict[str, int]
@@ -226,6 +226,11 @@ def _convert_and_publish(ds: _Data, trained: _Trained, detector: _Detector,
         reference = train.predict(trained.model, ids, chunk_size=CPU_CHUNK_SIZE)
         parity = {name: check_parity(path, ids, reference, atol=PARITY_ATOL[name], texts=texts)
                   for name, path in (("fp32", fp32), ("int8", int8))}
+    with _timed(timings, "fp16"):
+        half = fp16.build(fp32, staging / package.FP16_FILE, ids, reference, texts=texts,
+                          reference_name="PyTorch on the parity set")
+    if half.parity is not None:
+        parity["fp16"] = half.parity
     with _timed(timings, "batch_invariance"):
         invariance = {name: convert.check_batch_invariance(path, tokenizer, texts,
                                                            max_length=options.max_length,
@@ -233,11 +238,12 @@ def _convert_and_publish(ds: _Data, trained: _Trained, detector: _Detector,
                       for name, path in (("fp32", fp32), ("int8", int8), ("int8-dynamic", dynamic))}
     drift = np.abs(parity["int8"].scores - parity["fp32"].scores)
     int8_drift = {"max": float(drift.max()), "mean": float(drift.mean())}
-    sizes = {p.name: p.stat().st_size for p in (fp32, int8, dynamic)}
+    sizes = {p.name: p.stat().st_size for p in (fp32, int8, dynamic, staging / package.FP16_FILE)
+             if p.exists()}
     with _timed(timings, "package"):
         manifest = package.publish(staging, options.out, {**_manifest(
             ds, trained, options, timings, parity=parity, invariance=invariance,
-            int8_drift=int8_drift, n_calibration=len(calibration), fp32=fp32),
+            int8_drift=int8_drift, n_calibration=len(calibration), fp32=fp32, half=half),
             "detector": detector.params, "detector_fit": detector.report})
     return ExportResult(model_dir=options.out, manifest=manifest, model=trained.model,
                         timings_s=timings, parity=parity, batch_invariance=invariance,
@@ -304,21 +310,24 @@ def _variants(parity: dict[str, Parity], invariance: dict[str, float],
             for name in files}
 
 
-def _default_reason(invariance: dict[str, float], int8_drift: dict[str, float]) -> str:
+def _default_reason(invariance: dict[str, float], int8_drift: dict[str, float],
+                    cuda: str) -> str:
     tol = convert.BATCH_INVARIANCE_ATOL
     cpu = "int8: batch-invariant" if invariance["int8"] <= tol \
         else "fp32: no int8 variant is batch-invariant"
     return (f"cpu {cpu}; max score change across batch compositions: static int8 "
             f"{invariance['int8']:.1e}, fp32 {invariance['fp32']:.1e}, dynamic int8 (not "
             f"shipped) {invariance['int8-dynamic']:.1e}, tolerance {tol:.0e}; int8 vs fp32 "
-            f"drift max {int8_drift['max']:.4f}, mean {int8_drift['mean']:.4f}. "
-            f"cuda fp32: no fp16 variant is built yet")
+            f"drift max {int8_drift['max']:.4f}, mean {int8_drift['mean']:.4f}. {cuda}")
 
 
 def _manifest(ds: _Data, trained: _Trained, options: ExportOptions, timings: dict[str, float],
               *, parity: dict[str, Parity], invariance: dict[str, float],
-              int8_drift: dict[str, float], n_calibration: int, fp32: Path) -> dict[str, Any]:
+              int8_drift: dict[str, float], n_calibration: int, fp32: Path,
+              half: fp16.Fp16Result) -> dict[str, Any]:
     variants = _variants(parity, invariance, n_calibration, convert.opset(fp32))
+    if half.variant is not None:
+        variants["fp16"] = half.variant
     cpu_default = "int8" if variants["int8"].is_batch_invariant else "fp32"
     base = ({"name": "random-init BERT, 2 layers x 32 (tests only)", "licence": "Apache-2.0"}
             if options.tiny else
@@ -330,8 +339,9 @@ def _manifest(ds: _Data, trained: _Trained, options: ExportOptions, timings: dic
                                      else "minilm-l6-trend-"),
         "base_model": base, "max_length": options.max_length,
         "inputs": convert.graph_inputs(fp32), "unk_token_id": tokenizer.token_to_id("[UNK]"),
-        "variants": variants, "default_variant": {"cpu": cpu_default, "cuda": "fp32"},
-        "default_variant_reason": _default_reason(invariance, int8_drift),
+        "variants": variants,
+        "default_variant": {"cpu": cpu_default, "cuda": "fp16" if "fp16" in variants else "fp32"},
+        "default_variant_reason": _default_reason(invariance, int8_drift, half.reason),
         "training": _training(ds, trained, options, n_calibration=n_calibration,
                               elapsed_s=timings["train"]),
         "metrics": trained.metrics,

@@ -13,11 +13,14 @@ from export.convert import onnx_scores, session
 from export.errors import ParityError
 from stream.batching import chunks
 
-PARITY_ATOL: Final = {"fp32": 1e-4, "int8": 0.05}
+PARITY_ATOL: Final = {"fp32": 1e-4, "int8": 0.05, "fp16": 0.01}
 """fp32 measures ~3e-7 (float reordering); 1e-4 leaves room for other CPUs. Static int8
 measures up to ~0.04 (mean ~0.005) on the trained model, whose scores spread with std ~0.2;
 0.05 flags a broken calibration (0.1+ when the GELU output is quantized) without failing
-on expected rounding. Scores reach the trend rule only as window means."""
+on expected rounding. fp16 measures 2.0e-4 (mean 2.4e-5) vs fp32 on the CPU provider;
+CUDA's fp16 kernels may round more (trendstream gpu-check measures it); 0.01 still flags
+an fp16 overflow or a broken conversion (scores off by 0.1+). Scores reach the trend rule
+only as window means."""
 
 _SHOWN_CHARS: Final = 60
 

@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--repeats", type=int, default=2, help="passes per policy, best kept")
     n.add_argument("--full", action="store_true", help="8,000 reviews, 3 passes")
     n.add_argument("--out", type=Path, default=Path("out/bench/bench.json"))
+    sub.add_parser("export-fp16", help="add the fp16 variant to an exported model directory "
+                   "(needs the export extra; `trendstream export-fp16 --help`)", add_help=False)
     t = sub.add_parser("settings", help="print the settings (or the README table)")
     t.add_argument("--markdown", action="store_true")
     return p
@@ -94,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["eval"]:
         from export.evaluate import main as eval_main  # heavy: torch, scikit-learn
         return eval_main(argv[1:])
+    if argv[:1] == ["export-fp16"]:
+        from export.fp16 import main as fp16_main  # onnx, onnxconverter-common
+        return fp16_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()

@@ -75,10 +75,11 @@ def test_manifest_fields_and_checksums(exported: ExportResult) -> None:
     assert manifest == exported.manifest
     assert manifest.model_id == "tiny-bert-trend-" + sha256_file(
         exported.model_dir / "model.onnx")[:12]
-    assert set(manifest.files) == {"model.onnx", "model.int8.onnx", "tokenizer.json"}
+    assert set(manifest.files) == {"model.onnx", "model.int8.onnx", "model.fp16.onnx",
+                                   "tokenizer.json"}
     assert manifest.inputs == ["input_ids", "attention_mask", "token_type_ids"]
     assert (manifest.max_length, manifest.unk_token_id) == (MAX_LENGTH, 100)
-    assert manifest.default_variant == {"cpu": "int8", "cuda": "fp32"}
+    assert manifest.default_variant == {"cpu": "int8", "cuda": "fp16"}
     assert manifest.variants["int8"].is_batch_invariant is True
     assert manifest.default_variant_reason.startswith("cpu int8: batch-invariant")
     t = manifest.training
@@ -103,7 +104,7 @@ def test_scorer_matches_pytorch(exported: ExportResult, texts: list[str],
                                 tokenizer: Tokenizer) -> None:
     """The worker's Scorer reproduces PyTorch within each variant's parity tolerance."""
     reference = predict(exported.model, encode(tokenizer, texts, max_length=MAX_LENGTH))
-    for variant in ("fp32", "int8"):
+    for variant in ("fp32", "int8", "fp16"):
         scores = Scorer(exported.model_dir, variant=variant, provider="cpu").score(texts).scores
         assert np.abs(scores - reference).max() <= PARITY_ATOL[variant]
     assert exported.parity["fp32"].max_abs_diff < 1e-5
