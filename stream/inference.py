@@ -2,6 +2,8 @@
 
 Synchronous and Kafka-free: the worker calls it from an executor thread (ONNX Runtime
 releases the GIL), ``trendstream score`` and the export parity check call it directly.
+On CUDA a batch runs whole (not chunked) through IO binding: the inputs are copied to
+the device once, the logits are left there by the run and copied back after it.
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ class Scorer:
             first = self._reload_for_cpu(ort, variant, intra_op_threads, first)
         self.variant = first
         self.chunk_size = CPU_CHUNK_SIZE if self.provider == "cpu" else 1 << 30
+        self._ort = ort
         self._input_names = [i.name for i in self.session.get_inputs()]
+        self._output_name = self.session.get_outputs()[0].name
         self.tokenizer = load_tokenizer(self.model_dir / self.manifest.tokenizer_file,
                                         max_length=self.manifest.max_length)
         self.max_length = self.manifest.max_length
@@ -153,8 +157,22 @@ class Scorer:
     def run_chunk(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """sigmoid(logit) of one chunk of token ids, right-padded to its longest row."""
         feeds = pad(ids)
-        logits = self.session.run(None, {k: feeds[k] for k in self._input_names})[0]
+        inputs = {k: feeds[k] for k in self._input_names}
+        logits = self._run_bound(inputs, device="cuda") if self.provider == "cuda" \
+            else self.session.run(None, inputs)[0]
         return 1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float64)))
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], *, device: str) -> np.ndarray:
+        """The logits through IO binding: inputs copied to ``device`` 0, output bound there."""
+        binding = self.session.io_binding()
+        values = {name: self._ort.OrtValue.ortvalue_from_numpy(array, device, 0)
+                  for name, array in feeds.items()}  # held until the run is done
+        for name, value in values.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(self._output_name, device, 0)
+        self.session.run_with_iobinding(binding)
+        logits: np.ndarray = binding.copy_outputs_to_cpu()[0]
+        return logits
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, truncated like the scorer does."""
