@@ -80,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--repeats", type=int, default=2, help="passes per policy, best kept")
     n.add_argument("--full", action="store_true", help="8,000 reviews, 3 passes")
     n.add_argument("--out", type=Path, default=Path("out/bench/bench.json"))
+    g = sub.add_parser("gpu-check", help="fp16/fp32 parity and raw batch-policy throughput on "
+                       "the CUDA provider (writes JSON; stream/gpucheck.py)")
+    g.add_argument("--model", type=Path, default=None, help="model directory (needs the fp16 "
+                   "variant: `trendstream export-fp16`)")
+    g.add_argument("--out", type=Path, default=Path("out/gpu/gpu-check.json"))
+    g.add_argument("--data", type=Path, default=None, help="review file (default: the bundled "
+                   "Datafiniti set)")
+    g.add_argument("--reviews", type=int, default=2048, help="reviews timed per policy "
+                   "(default %(default)s)")
+    g.add_argument("--parity-reviews", type=int, default=256, help="(default %(default)s)")
+    g.add_argument("--repeats", type=int, default=2, help="passes per policy, best kept")
+    g.add_argument("--allow-cpu", action="store_true", help="run on the CPU provider when "
+                   "CUDA is not offered (tests the check itself; same JSON keys)")
     sub.add_parser("export-fp16", help="add the fp16 variant to an exported model directory "
                    "(needs the export extra; `trendstream export-fp16 --help`)", add_help=False)
     t = sub.add_parser("settings", help="print the settings (or the README table)")
@@ -143,11 +156,27 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(table(report))
         print(f"wrote {args.out}")
         return 0
+    if args.command == "gpu-check":
+        return _gpu_check(args, settings)
     if args.command == "settings":
         from stream.settingsdoc import describe
         print(describe(settings, markdown=args.markdown))
         return 0
     raise AssertionError(args.command)
+
+
+def _gpu_check(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.gpucheck import DEFAULT_DATA, run_gpu_check, table, write
+
+    report = run_gpu_check(args.model or settings.model_dir, data=args.data or DEFAULT_DATA,
+                           n_parity=args.parity_reviews, n_timed=args.reviews,
+                           repeats=args.repeats, batch_max_size=settings.batch_max_size,
+                           allow_cpu=args.allow_cpu,
+                           intra_op_threads=settings.ort_intra_op_threads)
+    write(report, args.out)
+    print(table(report))
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _backtest(args: argparse.Namespace, settings: Settings) -> int:

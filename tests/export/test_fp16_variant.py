@@ -8,12 +8,15 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto
+from onnxconverter_common import float16
 
 from export.fp16 import add_fp16, convert_fp16, cpu_error
 from export.package import FP16_FILE
 from export.validate import PARITY_ATOL
 from stream.artifact import load_model_dir, publish_model_dir, read_manifest, sha256_file
 from stream.cli import main as cli_main
+from stream.errors import ArtifactError
+from stream.gpucheck import run_gpu_check
 from stream.inference import Scorer
 
 pytestmark = pytest.mark.export
@@ -63,6 +66,17 @@ def test_fp16_graph_keeps_the_workers_io(tiny_model_dir: Path, tmp_path: Path) -
     assert cpu_error(out) is None
 
 
+@pytest.mark.filterwarnings("ignore:the float32 number")  # the converter's clamping notes
+def test_cpu_error_names_why_a_graph_does_not_load(tiny_model_dir: Path,
+                                                  tmp_path: Path) -> None:
+    """The converter's own output (Casts still 'to' float) fails to load, and cpu_error says so."""
+    model = onnx.load(str(tiny_model_dir / "model.onnx"))
+    broken = float16.convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    error = cpu_error(tmp_path / "broken.onnx")
+    assert error is not None and "Cast" in error and "tensor(float16)" in error
+
+
 def test_fp16_scores_match_fp32_on_the_cpu_provider(tiny_model_dir: Path) -> None:
     """The CPU provider runs the fp16 graph; its scores stay within 0.01 of fp32, not equal."""
     fp16 = Scorer(tiny_model_dir, variant="fp16", provider="cpu").score(TEXTS).scores
@@ -76,6 +90,8 @@ def test_export_fp16_adds_the_variant_to_an_old_directory(tiny_model_dir: Path,
     """export-fp16 republishes an fp16-less directory: new file checksummed, the rest kept."""
     old = _without_fp16(tiny_model_dir, tmp_path / "model")
     before = read_manifest(old)
+    with pytest.raises(ArtifactError, match="export-fp16"):
+        run_gpu_check(old, allow_cpu=True)
     assert cli_main(["export-fp16", "--model", str(old), "--reviews", "32"]) == 0
     after = load_model_dir(old)  # every checksum, the new file's included
     assert set(after.files) == set(before.files) | {FP16_FILE}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -10,6 +12,7 @@ import pytest
 
 from stream import inference
 from stream.errors import RuntimeMissingError
+from stream.settings import REPO_ROOT
 
 
 def test_missing_onnxruntime_names_both_extras(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,3 +40,28 @@ def test_worker_modules_do_not_import_torch() -> None:
     code = ("import sys, stream.cli, stream.worker, stream.app, stream.replay, "
             "stream.batchscore, stream.demo; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_gpu_check_imports_exactly_the_wheels_its_script_lists() -> None:
+    """gpu-check's imports (faust and torch not among them) are the wheels gpu-check.sh lists."""
+    code = ("import json, sys, stream.cli, stream.gpucheck, stream.inference; "
+            "stream.inference.import_onnxruntime(); print(json.dumps(sorted(sys.modules)))")
+    modules = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                        text=True, check=True).stdout)
+    dist_of = metadata.packages_distributions()
+    imported = {_norm(d) for m in modules for d in dist_of.get(m.split(".")[0], [])}
+    imported -= {"trendstream", "setuptools"}  # the project; setuptools' .pth start-up hook
+    listing = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu-check.sh"), "--list"],
+                             capture_output=True, text=True, check=True).stdout
+    wheels = {_norm(line.split("\t")[1].split("==")[0]) for line in listing.splitlines()
+              if line.startswith("wheel\t")}
+    assert "faust-streaming" not in imported and "torch" not in imported
+    assert imported == wheels  # the cpu and gpu builds of ONNX Runtime count as one
+    assert {line.split("\t")[1].rsplit("/", 1)[1] for line in listing.splitlines()
+            if line.startswith("model\t")} == {"manifest.json", "tokenizer.json", "model.onnx",
+                                              "model.fp16.onnx"}
+
+
+def _norm(name: str) -> str:
+    name = re.sub(r"[-_.]+", "-", name).lower()
+    return "onnxruntime" if name == "onnxruntime-gpu" else name
