@@ -1,47 +1,69 @@
-"""The per-partition aggregation step: one scored review (or tick) in, state and outputs out.
+"""The per-partition aggregation step: scored reviews (or ticks) in, state and outputs out.
 
-Pure apart from the two mappings it is handed (the worker passes faust tables, the
-backtest and the tests pass dicts). For a record of partition ``p``:
+Pure apart from the two stores it is handed (the worker passes faust tables, the
+backtest and the tests pass :class:`DictStore`). For a record of partition ``p``:
 
 1. a review_id seen before is skipped (same content) or dead-lettered
    (``duplicate_conflict``), whether or not its day has closed since (a redelivery after a
    crash is not late); else a review whose day is already closed on ``p`` is
    dead-lettered as ``late``; otherwise it is added to its product's window;
-   The window table holds one record per (product, day) plus one meta record per
-   product, so a review rewrites one small day record, not the product's whole window;
 2. the partition's stream time advances; when that closes days, every product of
    ``p`` is evaluated at each newly closed day (so idle products can turn falling),
-   and each state change becomes a TrendChange.
+   and each state change becomes a TrendChange. A product with no review in its window
+   and none for ``expire_after_days`` is forgotten (its record deleted).
 
 A tick (the worker's own idle-time record) only advances stream time.
+
+Writes are buffered: states and clocks changed by the records of one micro-batch are
+written to the stores once each by :meth:`Aggregator.flush` (one table write per product
+per batch, however many of its reviews the batch held). Decoded states are cached for at
+most ``cache_size`` products; the stores hold the compact encoded records.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from stream.events import ReviewScore, SharpDropAlert, TrendChange, day_of
 from stream.trends import DetectorParams, Outputs, close_through
-from stream.windows import PartitionClock, ProductState
+from stream.windows import MAX_DAY, PartitionClock, ProductState, partition_of_state
 
 TICK_KEY: Final = b"__tick__"
-_META: Final = "\x1fmeta"
-
-
-def _meta_key(product_id: str) -> str:
-    return product_id + _META
-
-
-def _bucket_key(product_id: str, day: int) -> str:
-    return f"{product_id}\x1f{day}"
+DEFAULT_CACHE_SIZE: Final = 20_000
 
 
 def tick_record(timestamp_ms: int) -> bytes:
     """The value of a tick record (key TICK_KEY) on the scores topic."""
     return json.dumps({"tick_ms": timestamp_ms}).encode()
+
+
+class StateStore(Protocol):
+    """A key -> bytes table whose writes name the partition they belong to."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, partition: int, key: str, value: bytes) -> None: ...
+
+    def delete(self, partition: int, key: str) -> None: ...
+
+    def items(self) -> Iterator[tuple[str, bytes]]: ...
+
+
+class DictStore(dict[str, bytes]):
+    """A StateStore in a dict (tests, backtest, bench)."""
+
+    def put(self, partition: int, key: str, value: bytes) -> None:
+        self[key] = value
+
+    def delete(self, partition: int, key: str) -> None:
+        self.pop(key, None)
+
+    def items(self) -> Iterator[tuple[str, bytes]]:  # type: ignore[override]
+        return iter(list(super().items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,21 +88,34 @@ class StepResult:
 
 @dataclass(slots=True)
 class Aggregator:
-    """Applies records of any partition to the window and clock tables."""
+    """Applies records of any partition to the window and clock stores."""
 
     params: DetectorParams
     model_id: str
     allowed_lateness_ms: int
     evidence_k: int
-    windows: MutableMapping[str, bytes]
-    clocks: MutableMapping[str, bytes]
+    windows: StateStore
+    clocks: StateStore
+    expire_after_days: int = 365
+    cache_size: int = DEFAULT_CACHE_SIZE
     _products: dict[int, set[str]] = field(default_factory=dict)
-    _states: dict[str, ProductState] = field(default_factory=dict)
+    _states: OrderedDict[str, ProductState] = field(default_factory=OrderedDict)
+    _clocks: dict[int, PartitionClock] = field(default_factory=dict)
+    _dirty: set[str] = field(default_factory=set)
+    _expired: dict[str, int] = field(default_factory=dict)
+    _dirty_clocks: set[int] = field(default_factory=set)
 
     def forget_partitions(self) -> None:
-        """Drop the index and decoded states: after a rebalance the tables are the truth."""
+        """Drop the index and decoded states: after a rebalance the stores are the truth.
+
+        Call it between batches (after :meth:`flush`): unflushed changes would be lost.
+        """
         self._products.clear()
         self._states.clear()
+        self._clocks.clear()
+        self._dirty.clear()
+        self._expired.clear()
+        self._dirty_clocks.clear()
 
     def on_score(self, partition: int, score: ReviewScore) -> StepResult:
         """Apply one scored review, then advance the partition's stream time."""
@@ -90,14 +125,18 @@ class Aggregator:
         if known is not None and known.has(score.review_id):
             # a redelivery (at-least-once, e.g. after a crash) is a duplicate, even when its
             # day has closed since: the first delivery was counted
-            self._add(partition, score, result)
+            self._add(partition, score, result, known)
+            return result
+        if not 0 <= day_of(score.ts_ms) <= MAX_DAY:  # a record not from our parser
+            result.rejected = Rejected("ts_out_of_range", f"ts {score.ts} is outside the "
+                                       "days a state can hold", score)
             return result
         if clock.is_late(score.ts_ms):
             detail = (f"day {score.ts.date()} already closed on partition {partition} "
                       f"(closed through day {clock.closed_through_day})")
             result.rejected = Rejected("late", detail, score)
             return result
-        self._add(partition, score, result)
+        self._add(partition, score, result, known)
         out = self._advance(partition, clock, score.ts_ms)
         result.changes, result.alerts = out.changes, out.alerts
         return result
@@ -107,69 +146,103 @@ class Aggregator:
         out = self._advance(partition, self._clock(partition), timestamp_ms)
         return StepResult(changes=out.changes, alerts=out.alerts)
 
-    def _add(self, partition: int, score: ReviewScore, result: StepResult) -> None:
-        state = self._state(score.product_id) or ProductState(score.product_id, partition)
+    def flush(self) -> int:
+        """Write every state and clock changed since the last flush, once; return writes."""
+        writes = 0
+        for product_id in self._dirty:
+            state = self._states[product_id]
+            self.windows.put(state.partition, product_id, state.to_bytes())
+            writes += 1
+        for product_id, partition in self._expired.items():
+            self.windows.delete(partition, product_id)
+            writes += 1
+        for partition in self._dirty_clocks:
+            self.clocks.put(partition, str(partition), self._clocks[partition].to_bytes())
+            writes += 1
+        self._dirty.clear()
+        self._expired.clear()
+        self._dirty_clocks.clear()
+        while len(self._states) > self.cache_size:
+            self._states.popitem(last=False)
+        return writes
+
+    def _add(self, partition: int, score: ReviewScore, result: StepResult,
+             known: ProductState | None) -> None:
+        state = known or ProductState(score.product_id, partition)
         text_score = score.score if score.is_text_used else None
-        day = day_of(score.ts_ms)
-        is_new_day = day not in state.buckets
         outcome = state.add((score.review_id, score.content_sha256, text_score, score.rating),
-                            day)
+                            day_of(score.ts_ms))
         if outcome == "conflict":
             detail = f"review_id {score.review_id!r} was seen before with other content"
             result.rejected = Rejected("duplicate_conflict", detail, score)
         elif outcome == "duplicate":
             result.is_duplicate = True
         else:
-            self._states[state.product_id] = state
-            self.windows[_bucket_key(state.product_id, day)] = state.bucket_bytes(day)
-            is_new_category = score.category is not None and score.category != state.category
-            if is_new_category:  # the latest category wins (it picks the seasonal profile)
+            if score.category is not None:  # the latest category wins (seasonal profile)
                 state.category = score.category
-            if is_new_day or is_new_category:  # the meta lists the days: write it after the bucket
-                self.windows[_meta_key(state.product_id)] = state.meta_bytes()
+            self._touch(state)
+            self._expired.pop(state.product_id, None)
             self._products_of(partition).add(score.product_id)
             result.is_accepted = True
+
+    def _touch(self, state: ProductState) -> None:
+        self._states[state.product_id] = state
+        self._states.move_to_end(state.product_id)
+        self._dirty.add(state.product_id)
 
     def _advance(self, partition: int, clock: PartitionClock, ts_ms: int) -> Outputs:
         closed = clock.advance(ts_ms, allowed_lateness_ms=self.allowed_lateness_ms)
         out = Outputs()
         if closed is None:
             return out
-        for product_id in sorted(self._products_of(partition)):
-            state = self._state(product_id)
+        products = self._products_of(partition)
+        for product_id in sorted(products):
+            state = self._state(product_id, cache=False)
             if state is None:
                 continue
-            days_before = set(state.buckets)
+            # evaluation progress alone is not written: re-evaluating a day after a
+            # restart finds the same result (closed days take no new reviews)
+            before = (state.trend, state.is_alerted, len(state.buckets))
             found = close_through(state, closed, self.params, model_id=self.model_id,
                                   evidence_k=self.evidence_k)
-            evicted = days_before - set(state.buckets)
-            if found.changes or found.alerts or evicted:  # else a re-run finds nothing either
-                for day in evicted:
-                    del self.windows[_bucket_key(product_id, day)]
-                self.windows[_meta_key(product_id)] = state.meta_bytes()
             out.extend(found)
-        self.clocks[str(partition)] = clock.to_bytes()
+            if not state.buckets and state.last_review_day is not None and \
+                    closed - state.last_review_day >= self.expire_after_days:
+                products.discard(product_id)
+                self._states.pop(product_id, None)
+                self._dirty.discard(product_id)
+                self._expired[product_id] = partition
+            elif (state.trend, state.is_alerted, len(state.buckets)) != before:
+                self._touch(state)
+        self._dirty_clocks.add(partition)
         return out
 
-    def _state(self, product_id: str) -> ProductState | None:
+    def _state(self, product_id: str, *, cache: bool = True) -> ProductState | None:
+        """The product's state: from the cache, else decoded from the store."""
         state = self._states.get(product_id)
         if state is None:
-            meta = self.windows.get(_meta_key(product_id))
-            if meta is None:
+            if product_id in self._expired:
                 return None
-            buckets = {d: self.windows[_bucket_key(product_id, d)]
-                       for d in ProductState.days_in(meta)}
-            state = self._states[product_id] = ProductState.from_parts(meta, buckets)
+            raw = self.windows.get(product_id)
+            if raw is None:
+                return None
+            state = ProductState.from_bytes(raw)
+            if cache:
+                self._states[product_id] = state
         return state
 
     def _clock(self, partition: int) -> PartitionClock:
-        raw = self.clocks.get(str(partition))
-        return PartitionClock.from_bytes(raw) if raw else PartitionClock()
+        clock = self._clocks.get(partition)
+        if clock is None:
+            raw = self.clocks.get(str(partition))
+            clock = self._clocks[partition] = PartitionClock.from_bytes(raw) if raw \
+                else PartitionClock()
+        return clock
 
     def _products_of(self, partition: int) -> set[str]:
         known = self._products.get(partition)
         if known is None:
-            known = {key[:-len(_META)] for key, raw in self.windows.items()
-                     if key.endswith(_META) and json.loads(raw)["part"] == partition}
+            known = {key for key, raw in self.windows.items()
+                     if partition_of_state(raw) == partition}
             self._products[partition] = known
         return known

@@ -16,6 +16,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -73,8 +74,13 @@ def _faust_app(settings: Settings) -> faust.App:
     )
 
 
-def build_app(pipeline: Pipeline) -> faust.App:
-    """Create the faust app with its topics, tables, agents and pages."""
+def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
+    """Create the faust app with its topics, tables, agents and pages.
+
+    ``naive_scoring`` swaps the micro-batching score agent for the baseline that
+    ``trendstream bench`` compares it with: one review per tokenizer call and
+    ``session.run``, in the same executor thread with the same ONNX Runtime settings.
+    """
     s = pipeline.settings
     app = _faust_app(s)
     # faust warns "producer buffer full" past 100 pending sends; a scored batch plus its
@@ -92,27 +98,48 @@ def build_app(pipeline: Pipeline) -> faust.App:
                        value_type=bytes)
     aggregator = Aggregator(params=pipeline.params, model_id=pipeline.scorer.model_id,
                             allowed_lateness_ms=int(s.allowed_lateness_s * 1000),
-                            evidence_k=s.evidence_top_k, windows=windows, clocks=clocks)
+                            evidence_k=s.evidence_top_k, windows=TableStore(windows),
+                            clocks=TableStore(clocks),
+                            expire_after_days=s.state_expire_after_days)
 
-    async def send_all(topic: faust.TopicT, items: list[tuple[str, bytes]]) -> None:
+    async def send_all(topic: faust.TopicT, items: list[tuple[str, bytes]], *,
+                       wait: bool = True) -> None:
         futures = [await topic.send(key=k.encode(), value=v) for k, v in items]
-        await asyncio.gather(*futures)  # delivered (acks=all) before the batch is acked
+        if wait:
+            await asyncio.gather(*futures)  # delivered (acks=all) before the batch is acked
 
-    @app.agent(reviews, concurrency=1)
-    async def score(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(s.batch_max_size, within=s.batch_max_wait_s):
-            records = [RawRecord(e.message.topic, e.message.partition, e.message.offset,
-                                 e.message.key, e.message.value) for e in events]
-            outputs, dead = await _score_batch(pipeline, records)
-            await send_all(scores, [(o.product_id, o.to_bytes()) for o in outputs])
-            await send_all(dlq, [(d.key or "", d.to_bytes()) for d in dead])
+    async def score_and_send(events: list[faust.EventT], *, wait: bool = True) -> None:
+        records = [RawRecord(e.message.topic, e.message.partition, e.message.offset,
+                             e.message.key, e.message.value) for e in events]
+        outputs, dead = await _score_batch(pipeline, records)
+        await send_all(scores, [(o.product_id, o.to_bytes()) for o in outputs], wait=wait)
+        await send_all(dlq, [(d.key or "", d.to_bytes()) for d in dead], wait=wait)
+
+    if naive_scoring:
+        @app.agent(reviews, concurrency=1, name="score")
+        async def score_naive(stream: faust.StreamT) -> None:
+            async for event in stream.events():  # as a plain faust agent: no wait for acks
+                await score_and_send([event], wait=False)
+    else:
+        @app.agent(reviews, concurrency=1)
+        async def score(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(s.batch_max_size,
+                                                   within=s.batch_max_wait_s):
+                await score_and_send(events)
 
     @app.agent(scores, concurrency=1)
     async def aggregate(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            result, dead = _aggregate_one(pipeline, aggregator, event)
-            await send_all(trends, [(c.product_id, c.to_bytes()) for c in result.changes])
-            await send_all(alerts, [(a.product_id, a.to_bytes()) for a in result.alerts])
+        async for events in stream.take_events(s.aggregate_batch_max_size,
+                                               within=s.batch_max_wait_s):
+            changes, found, dead = [], [], []
+            for event in events:
+                result, rejected = _aggregate_one(pipeline, aggregator, event)
+                changes += result.changes
+                found += result.alerts
+                dead += rejected
+            aggregator.flush()  # one changelog write per changed product and clock
+            await send_all(trends, [(c.product_id, c.to_bytes()) for c in changes])
+            await send_all(alerts, [(a.product_id, a.to_bytes()) for a in found])
             await send_all(dlq, [(d.key or "", d.to_bytes()) for d in dead])
 
     if s.idle_tick_interval_s > 0:
@@ -148,6 +175,35 @@ async def _score_batch(pipeline: Pipeline,
                             unknown_fields=prepared.unknown_fields,
                             seconds=time.perf_counter() - started)
     return outputs, dead
+
+
+class TableStore:
+    """A faust table as the aggregator's StateStore, writing to the changelog partition
+    the caller names.
+
+    A batch from ``take_events`` mixes partitions, and faust's own ``table[key] = value``
+    takes the changelog partition from the *current* event (the last of the batch).
+    The state's partition is known, so writes go through ``send_changelog`` with it, as
+    faust's ``on_key_set`` does for one event.
+    """
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+
+    def get(self, key: str) -> bytes | None:
+        value = self.table.data.get(key)
+        return None if value is None else bytes(value)
+
+    def put(self, partition: int, key: str, value: bytes) -> None:
+        self.table.data[key] = value
+        self.table.send_changelog(partition, key, value)
+
+    def delete(self, partition: int, key: str) -> None:
+        self.table.data.pop(key, None)
+        self.table.send_changelog(partition, key, None, value_serializer="raw")
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        return iter(list(self.table.data.items()))
 
 
 def _aggregate_one(pipeline: Pipeline, aggregator: Aggregator,

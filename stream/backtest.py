@@ -44,7 +44,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream.aggregation import Aggregator
+from stream.aggregation import Aggregator, DictStore
 from stream.events import ReviewScore, day_of
 from stream.trends import DetectorParams
 
@@ -53,6 +53,7 @@ RISE_RATIO: Final = 1.25  # a call "rising" is right after a >= 25 % rise
 GRID_DAYS: Final = 7
 LEAD_WINDOW_DAYS: Final = 30
 METHODS: Final = ("trendstream", "momentum", "rating")
+FLUSH_EVERY: Final = 256  # records per simulated micro-batch
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -206,10 +207,12 @@ def trendstream_calls(scores: Iterable[ReviewScore], params: DetectorParams, *, 
     """
     aggregator = Aggregator(params=params, model_id=model_id,
                             allowed_lateness_ms=allowed_lateness_ms, evidence_k=evidence_k,
-                            windows={}, clocks={})
+                            windows=DictStore(), clocks=DictStore())
     calls: list[Call] = []
     alerts: list[Alert] = []
-    for score in scores:
+    for i, score in enumerate(scores):
+        if i % FLUSH_EVERY == 0:
+            aggregator.flush()  # as the worker does after each micro-batch
         result = aggregator.on_score(partition_of(score.product_id), score)
         calls += [Call("trendstream", c.product_id, day_of(int(c.window_end.timestamp() * 1000))
                        - 1, c.new_state, c.event_id, c.is_sharp_drop) for c in result.changes]

@@ -102,7 +102,7 @@ class ReviewEvent(_Event):
     rating: float | None = Field(default=None, ge=0, le=5)
     title: str | None = None
     source: str | None = None
-    category: str | None = None
+    category: str | None = Field(default=None, max_length=256)
 
     @property
     def ts_ms(self) -> int:
@@ -133,7 +133,7 @@ class ReviewScore(_Event):
     n_tokens: int = Field(ge=0)
     is_truncated: bool
     rating: float | None = None
-    category: str | None = None
+    category: str | None = Field(default=None, max_length=256)
     content_sha256: str
     model_id: str
     source_partition: int

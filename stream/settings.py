@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         "auto", description="ONNX Runtime provider; auto = CUDA when usable, else CPU")
     ort_intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op "
                                       "threads; 0 = one per core")
+    ort_allow_spinning: bool = Field(True, description="let ONNX Runtime's idle intra-op "
+                                     "threads spin; off hands the cores to the event loop and "
+                                     "the broker sooner (see README, Performance)")
     batch_max_size: int = Field(64, ge=1, le=4096, description="most reviews in one scoring "
                                 "micro-batch")
     batch_max_wait_s: float = Field(0.05, gt=0, le=10, description="longest a review waits "
@@ -66,6 +69,13 @@ class Settings(BaseSettings):
     # Windows and trends
     allowed_lateness_s: float = Field(2 * 86_400.0, ge=0, description="events older than the "
                                       "partition's stream time minus this go to the DLQ as late")
+    state_expire_after_days: int = Field(365, ge=1, le=36_500, description="a product with "
+                                         "no review in its window and none for this many "
+                                         "days of stream time is forgotten (its state "
+                                         "record deleted; a later review starts it afresh)")
+    aggregate_batch_max_size: int = Field(1000, ge=1, le=100_000, description="most scored "
+                                          "reviews the aggregator takes at once; each "
+                                          "product's state is written once per batch")
     idle_tick_interval_s: float = Field(0.0, ge=0, description="live feeds: every N s send a "
                                         "wall-clock tick to each partition so silent products "
                                         "turn falling; 0 = stream time from events only "

@@ -153,14 +153,31 @@ def detector_params(manifest_params: DetectorParams, settings: Settings) -> Dete
 
 
 def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+    # fsum is exactly rounded: the mean does not depend on the order of the reviews
+    return math.fsum(values) / len(values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Means:
+    score_recent: float | None
+    score_baseline: float | None
+    rating_recent: float | None
+    rating_baseline: float | None
+
+
+def _means(recent: list[Review], baseline: list[Review]) -> _Means:
+    return _Means(_mean([r[2] for r in recent if r[2] is not None]),
+                  _mean([r[2] for r in baseline if r[2] is not None]),
+                  _mean([r[3] for r in recent if r[3] is not None]),
+                  _mean([r[3] for r in baseline if r[3] is not None]))
 
 
 def signals_at(state: ProductState, day: int, params: DetectorParams) -> TrendSignals:
     """The detector's inputs and its trend index for the window ending with day ``day``."""
     recent = state.reviews_between(day - params.recent_days + 1, day)
     baseline = state.reviews_between(day - params.lookback_days + 1, day - params.recent_days)
-    features = _features(state, day, params, recent, baseline)
+    means = _means(recent, baseline)
+    features = _features(state, day, params, recent, baseline, means)
     index = params.intercept + sum(w * features[f] for f, w in params.weights.items())
     n = len(recent) + len(baseline)
     if params.shrink_reviews > 0:
@@ -173,10 +190,8 @@ def signals_at(state: ProductState, day: int, params: DetectorParams) -> TrendSi
         recent_rate_per_day=len(recent) / params.recent_days,
         baseline_rate_per_day=len(baseline) / params.baseline_days,
         volume_ratio=round(math.exp(features["volume"]), 6),
-        mean_score_recent=_mean([r[2] for r in recent if r[2] is not None]),
-        mean_score_baseline=_mean([r[2] for r in baseline if r[2] is not None]),
-        mean_rating_recent=_mean([r[3] for r in recent if r[3] is not None]),
-        mean_rating_baseline=_mean([r[3] for r in baseline if r[3] is not None]),
+        mean_score_recent=means.score_recent, mean_score_baseline=means.score_baseline,
+        mean_rating_recent=means.rating_recent, mean_rating_baseline=means.rating_baseline,
         trend_index=round(index, 6),
         days_since_last_review=None if last is None else day - last,
         features={f: round(v, 6) for f, v in features.items()},
@@ -184,7 +199,7 @@ def signals_at(state: ProductState, day: int, params: DetectorParams) -> TrendSi
 
 
 def _features(state: ProductState, day: int, params: DetectorParams, recent: list[Review],
-              baseline: list[Review]) -> dict[str, float]:
+              baseline: list[Review], means: _Means) -> dict[str, float]:
     r_days, b_days, total_days = params.recent_days, params.baseline_days, params.lookback_days
     r_rate = (len(recent) + params.prior_reviews * r_days / total_days) / r_days
     b_rate = (len(baseline) + params.prior_reviews * b_days / total_days) / b_days
@@ -194,10 +209,8 @@ def _features(state: ProductState, day: int, params: DetectorParams, recent: lis
         volume = 0.0 if r_rate == b_rate else (50.0 if r_rate > 0 else -50.0)
     profile = params.season_of(state.category)
     h = params.horizon_days
-    score_r = _mean([r[2] for r in recent if r[2] is not None])
-    score_b = _mean([r[2] for r in baseline if r[2] is not None])
-    rating_r = _mean([r[3] for r in recent if r[3] is not None])
-    rating_b = _mean([r[3] for r in baseline if r[3] is not None])
+    score_r, score_b = means.score_recent, means.score_baseline
+    rating_r, rating_b = means.rating_recent, means.rating_baseline
     return {
         "volume": volume,
         "season_recent": expected_log_ratio(profile, (day - r_days + 1, day),

@@ -1,12 +1,19 @@
 """Per-product event-time window state, and the per-partition stream clock. Pure.
 
 A product's state is a set of daily UTC buckets, each holding its reviews as
-``(review_id, content_sha256, score or None, rating or None)``. It is stored as one
-small record per day plus a meta record, so adding a review rewrites one day, not the
-whole window (a hot product's window can hold thousands of reviews). Aggregates (counts,
-means) are derived at evaluation time from the reviews sorted by review_id, so the
-result does not depend on arrival order and a re-delivered review is recognized by its
-id (idempotent state). Buckets older than the detector's lookback are evicted.
+``(review_id, content key, score or None, rating or None)``. Aggregates (counts, means)
+are derived at evaluation time from the reviews sorted by review_id, so the result does
+not depend on arrival order, and a re-delivered review is recognized by its id
+(idempotent state). Buckets older than the detector's lookback are evicted.
+
+The state of one product is ONE compact binary record (:meth:`ProductState.to_bytes`):
+10 bytes per review plus its review_id (2 day, 1 id length, 4 content key, 2 score,
+1 rating), so a million products with a month of daily reviews and 16-character
+ids take about 800 MB. Scores are kept to 1/65534 and ratings to 1/50 of a star, rounded
+when a review is added, so a state decoded after a restart is exactly the state that was
+encoded. The content key is the first 8 hex digits of the review's content sha256: a
+different text under a known review_id is a conflict (a 1 in 2**32 chance of reading
+one as a plain duplicate).
 
 Stream time is per partition: the largest event time seen there. Day ``D`` is *closed*
 once the watermark (stream time minus the allowed lateness) reaches the end of ``D``;
@@ -15,23 +22,60 @@ an event whose day is already closed is late and goes to the DLQ.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from stream.events import MS_PER_DAY, day_of
 
 Review = tuple[str, str, float | None, float | None]
-"""(review_id, content_sha256, score when the text was readable, rating)."""
+"""(review_id, content key, score when the text was readable, rating)."""
 
 AddOutcome = Literal["added", "duplicate", "conflict"]
 
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
+TRENDS: Final = ("stable", "rising", "falling")
+SCORE_STEPS: Final = 65534  # 0xFFFF means "no score"
+RATING_STEPS: Final = 50  # per star; 0xFF means "no rating"
+# version, partition, trend, flags, evaluated through, last review day, reviews
+_HEAD: Final = struct.Struct("<BHBBiiI")
+_TEXT: Final = struct.Struct("<H")
+_DAY: Final = struct.Struct("<H")  # a review's day: days since 1970-01-01
+MAX_DAY: Final = 0xFFFF  # 2149-06-06; the parser admits nothing before 1990 or far ahead
+_REVIEW_TAIL: Final = struct.Struct("<4sHB")  # content key, score, rating
+_NO_TEXT: Final = 0xFFFF
+_NO_DAY: Final = -(2**31)
+_ALERTED, _HAS_EVAL, _HAS_LAST = 1, 2, 4
+
+
+def quantize_score(score: float | None) -> float | None:
+    """The score as the state stores it."""
+    return None if score is None else round(score * SCORE_STEPS) / SCORE_STEPS
+
+
+def quantize_rating(rating: float | None) -> float | None:
+    """The rating as the state stores it."""
+    return None if rating is None else round(rating * RATING_STEPS) / RATING_STEPS
+
+
+def content_key(content_sha256: str) -> str:
+    """8 lowercase hex digits: the content hash's head (other strings are hashed first)."""
+    head = content_sha256[:8]
+    if len(head) == 8 and all(c in "0123456789abcdef" for c in head):
+        return head
+    return hashlib.sha256(content_sha256.encode()).hexdigest()[:8]
+
+
+def partition_of_state(raw: bytes) -> int:
+    """The partition a state record belongs to, read from its header alone."""
+    return int(_HEAD.unpack_from(raw)[1])
 
 
 @dataclass(slots=True)
 class ProductState:
-    """Window state and trend state of one product (a value in the changelogged table)."""
+    """Window state and trend state of one product (one value in the changelogged table)."""
 
     product_id: str
     partition: int
@@ -42,17 +86,26 @@ class ProductState:
     last_review_day: int | None = None
     buckets: dict[int, list[Review]] = field(default_factory=dict)
     _content_by_id: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _encoded: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._content_by_id = {r[0]: r[1] for b in self.buckets.values() for r in b}
 
     def add(self, review: Review, day: int) -> AddOutcome:
-        """Add one review to its day's bucket; idempotent by review_id."""
-        known = self._content_by_id.get(review[0])
+        """Add one review to its day's bucket; idempotent by review_id.
+
+        The stored review is rounded as the encoding keeps it (see the module docstring).
+        """
+        review_id, content = review[0], content_key(review[1])
+        known = self._content_by_id.get(review_id)
         if known is not None:
-            return "duplicate" if known == review[1] else "conflict"
-        self.buckets.setdefault(day, []).append(review)
-        self._content_by_id[review[0]] = review[1]
+            return "duplicate" if known == content else "conflict"
+        if not 0 <= day <= MAX_DAY:
+            raise ValueError(f"day {day} is outside 0..{MAX_DAY} (1970-01-01..2149-06-06)")
+        stored = (review_id, content, quantize_score(review[2]), quantize_rating(review[3]))
+        self.buckets.setdefault(day, []).append(stored)
+        self._encoded.pop(day, None)
+        self._content_by_id[review_id] = content
         if self.last_review_day is None or day > self.last_review_day:
             self.last_review_day = day
         return "added"
@@ -62,48 +115,112 @@ class ProductState:
         return review_id in self._content_by_id
 
     def reviews_between(self, first_day: int, last_day: int) -> list[Review]:
-        """Reviews of days first_day..last_day (inclusive), sorted by review_id."""
-        found = [r for d, b in self.buckets.items() if first_day <= d <= last_day for r in b]
-        return sorted(found)
+        """Reviews of days first_day..last_day (inclusive), in no promised order (the
+        detector's means are exactly rounded sums and its evidence sorts by review_id)."""
+        return [r for d, b in self.buckets.items() if first_day <= d <= last_day for r in b]
 
     def evict_before(self, day: int) -> list[int]:
         """Drop buckets of days before ``day`` (outside every future window); return them."""
         evicted = [d for d in self.buckets if d < day]
         for old in evicted:
+            self._encoded.pop(old, None)
             for review in self.buckets.pop(old):
                 del self._content_by_id[review[0]]
         return evicted
 
-    def meta_bytes(self) -> bytes:
-        """Everything but the buckets' contents (which days exist, trend, progress)."""
-        return json.dumps({"v": STATE_VERSION, "p": self.product_id, "part": self.partition,
-                           "t": self.trend, "c": self.category, "a": self.is_alerted,
-                           "e": self.evaluated_through_day, "l": self.last_review_day,
-                           "days": sorted(self.buckets)},
-                          separators=(",", ":")).encode()
+    def to_bytes(self) -> bytes:
+        """The whole state as one compact binary record (reviews in day order).
 
-    def bucket_bytes(self, day: int) -> bytes:
-        """One day's reviews as compact JSON."""
-        return json.dumps(self.buckets[day], separators=(",", ":")).encode()
-
-    @staticmethod
-    def days_in(meta: bytes) -> list[int]:
-        """The bucket days a meta record lists."""
-        return list(json.loads(meta)["days"])
+        Each day's reviews are encoded once and kept until that day changes, so writing a
+        hot product after a batch re-encodes only the days the batch touched.
+        """
+        flags = (_ALERTED if self.is_alerted else 0) | \
+            (_HAS_EVAL if self.evaluated_through_day is not None else 0) | \
+            (_HAS_LAST if self.last_review_day is not None else 0)
+        parts = [_HEAD.pack(STATE_VERSION, self.partition, TRENDS.index(self.trend), flags,
+                            _NO_DAY if self.evaluated_through_day is None
+                            else self.evaluated_through_day,
+                            _NO_DAY if self.last_review_day is None else self.last_review_day,
+                            sum(len(b) for b in self.buckets.values())),
+                 _text(self.product_id), _text(self.category)]
+        for day in sorted(self.buckets):
+            chunk = self._encoded.get(day)
+            if chunk is None:
+                chunk = self._encoded[day] = _encode_day(day, self.buckets[day])
+            parts.append(chunk)
+        return b"".join(parts)
 
     @classmethod
-    def from_parts(cls, meta: bytes, buckets: dict[int, bytes]) -> ProductState:
-        """Rebuild a state from its meta record and its day buckets."""
-        body = json.loads(meta)
-        if body.get("v") != STATE_VERSION:
-            msg = f"product state version {body.get('v')!r} is not {STATE_VERSION}"
+    def from_bytes(cls, raw: bytes) -> ProductState:
+        """Decode :meth:`to_bytes`; an unknown version raises ValueError."""
+        if not raw or raw[0] != STATE_VERSION:
+            msg = f"product state version {raw[:1]!r} is not {STATE_VERSION}"
             raise ValueError(msg)
-        decoded = {d: [(r[0], r[1], r[2], r[3]) for r in json.loads(buckets[d])]
-                   for d in body["days"]}
-        return cls(product_id=body["p"], partition=body["part"], trend=body["t"],
-                   category=body.get("c"), is_alerted=body.get("a", False),
-                   evaluated_through_day=body["e"],
-                   last_review_day=body["l"], buckets=decoded)
+        _, partition, trend, flags, evaluated, last, n = _HEAD.unpack_from(raw)
+        pos = _HEAD.size
+        product_id, pos = _read_text(raw, pos)
+        category, pos = _read_text(raw, pos)
+        buckets: dict[int, list[Review]] = {}
+        encoded: dict[int, bytes] = {}
+        day_of_review, tail_of = _DAY.unpack_from, _REVIEW_TAIL.unpack_from
+        day_start, current = pos, None
+        for _ in range(n):
+            (day,) = day_of_review(raw, pos)
+            if day != current:
+                if current is not None:
+                    encoded[current] = raw[day_start:pos]
+                current, day_start = day, pos
+            size = raw[pos + 2]
+            pos += 3
+            if size == 0xFF:
+                (size,) = _TEXT.unpack_from(raw, pos)
+                pos += 2
+            review_id = raw[pos:pos + size].decode()
+            pos += size
+            content, score, rating = tail_of(raw, pos)
+            pos += _REVIEW_TAIL.size
+            buckets.setdefault(day, []).append(
+                (review_id, content.hex(), None if score == _NO_TEXT else score / SCORE_STEPS,
+                 None if rating == 0xFF else rating / RATING_STEPS))
+        if current is not None:
+            encoded[current] = raw[day_start:pos]
+        assert product_id is not None
+        state = cls(product_id=product_id, partition=partition, trend=TRENDS[trend],
+                    category=category, is_alerted=bool(flags & _ALERTED),
+                    evaluated_through_day=evaluated if flags & _HAS_EVAL else None,
+                    last_review_day=last if flags & _HAS_LAST else None, buckets=buckets)
+        state._encoded = encoded
+        return state
+
+
+def _encode_day(day: int, reviews: list[Review]) -> bytes:
+    parts = []
+    prefix = _DAY.pack(day)
+    for review_id, content, score, rating in reviews:
+        raw_id = review_id.encode()
+        parts.append(prefix)
+        parts.append(bytes((len(raw_id),)) if len(raw_id) < 0xFF else
+                     b"\xff" + _TEXT.pack(len(raw_id)))
+        parts.append(raw_id)
+        parts.append(_REVIEW_TAIL.pack(
+            bytes.fromhex(content), _NO_TEXT if score is None else round(score * SCORE_STEPS),
+            0xFF if rating is None else round(rating * RATING_STEPS)))
+    return b"".join(parts)
+
+
+def _text(value: str | None) -> bytes:
+    if value is None:
+        return _TEXT.pack(_NO_TEXT)
+    raw = value.encode()
+    return _TEXT.pack(len(raw)) + raw
+
+
+def _read_text(raw: bytes, pos: int) -> tuple[str | None, int]:
+    (size,) = _TEXT.unpack_from(raw, pos)
+    pos += _TEXT.size
+    if size == _NO_TEXT:
+        return None, pos
+    return raw[pos:pos + size].decode(), pos + size
 
 
 @dataclass(slots=True)

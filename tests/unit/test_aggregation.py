@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from stream.aggregation import Aggregator
+from stream.aggregation import Aggregator, DictStore
 from stream.events import ReviewScore
 from stream.trends import DetectorParams
+from stream.windows import ProductState
 
 START = datetime(2017, 1, 1, tzinfo=UTC)
 DAY_MS = 86_400_000
@@ -19,10 +20,14 @@ def _score(pid: str, day: int, i: int = 0, *, sha: str = "h") -> ReviewScore:
                        content_sha256=sha, model_id="m", source_partition=0, source_offset=0)
 
 
+def day_of_ts(day: int) -> int:
+    return int((START + timedelta(days=day)).timestamp() * 1000) // DAY_MS
+
+
 def _aggregator(lateness_days: int = 2) -> Aggregator:
     return Aggregator(params=DetectorParams(), model_id="m",
-                      allowed_lateness_ms=lateness_days * DAY_MS, evidence_k=3, windows={},
-                      clocks={})
+                      allowed_lateness_ms=lateness_days * DAY_MS, evidence_k=3,
+                      windows=DictStore(), clocks=DictStore())
 
 
 def test_late_event_is_rejected_and_in_time_event_accepted() -> None:
@@ -89,9 +94,58 @@ def test_state_survives_a_restart_from_the_tables() -> None:
     events_one = [c for d in range(250) for c in one.on_score(0, _score("A", d)).changes]
     two_first = _aggregator(lateness_days=0)
     events_two = [c for d in range(120) for c in two_first.on_score(0, _score("A", d)).changes]
+    two_first.flush()  # the worker flushes after every micro-batch, before it commits
     restarted = Aggregator(params=DetectorParams(), model_id="m", allowed_lateness_ms=0,
                            evidence_k=3, windows=two_first.windows, clocks=two_first.clocks)
     events_two += [c for d in range(120, 250)
                    for c in restarted.on_score(0, _score("A", d)).changes]
     assert [e.event_id for e in events_one] == [e.event_id for e in events_two]
     assert len(events_one) >= 1
+
+
+def test_one_write_per_changed_product_per_batch() -> None:
+    """A batch of 50 reviews of 2 products writes 2 states and 1 clock, not 50 records."""
+    agg = _aggregator()
+    for i in range(25):
+        agg.on_score(0, _score("A", 10, i))
+        agg.on_score(0, _score("B", 10, i))
+    assert agg.flush() == 3
+    assert sorted(agg.windows) == ["A", "B"]
+    assert agg.flush() == 0  # nothing changed since
+
+
+def test_idle_product_state_expires_after_the_setting() -> None:
+    """With expiry 200 days, A (silent since day 0) is deleted once day 200 closes; B is kept."""
+    agg = Aggregator(params=DetectorParams(), model_id="m", allowed_lateness_ms=0, evidence_k=3,
+                     windows=DictStore(), clocks=DictStore(), expire_after_days=200)
+    for i in range(3):
+        agg.on_score(0, _score("A", 0, i))
+    agg.flush()
+    for day in range(1, 202):
+        agg.on_score(0, _score("B", day))
+        agg.flush()
+        if day == 200:
+            assert "A" in agg.windows  # day 200 is not closed yet (it closes on day 201)
+    assert "A" not in agg.windows and "B" in agg.windows
+    assert agg.on_score(0, _score("A", 202)).is_accepted  # a new review starts it afresh
+    agg.flush()
+    state = ProductState.from_bytes(agg.windows["A"])
+    assert state.trend == "stable" and list(state.buckets) == [day_of_ts(202)]
+
+
+def test_bounded_cache_gives_the_same_events_as_an_unbounded_one() -> None:
+    """Decoding states from the store (cache of 1) changes nothing: same event_ids."""
+    def run(cache_size: int) -> list[str]:
+        agg = Aggregator(params=DetectorParams(), model_id="m", allowed_lateness_ms=0,
+                         evidence_k=3, windows=DictStore(), clocks=DictStore(),
+                         cache_size=cache_size)
+        ids = []
+        for day in range(300):
+            for pid, n in (("A", 2 if day < 150 else 0), ("B", 1), ("C", 3 if day > 100 else 1)):
+                for i in range(n):
+                    ids += [c.event_id for c in agg.on_score(0, _score(pid, day, i)).changes]
+            agg.flush()
+        return ids
+    unbounded = run(10_000)
+    assert len(unbounded) >= 2
+    assert run(1) == unbounded

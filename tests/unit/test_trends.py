@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 
 from stream.trends import DetectorParams, close_through, evidence, next_state, signals_at
-from stream.windows import ProductState
+from stream.windows import SCORE_STEPS, ProductState, quantize_score
 
 BASE_DAY = 17_167  # 2017-01-01
 
@@ -100,7 +100,7 @@ def test_text_weight_moves_the_index_and_evidence_ranks_by_weight() -> None:
 
 
 def test_same_reviews_in_any_order_give_identical_events() -> None:
-    """Arrival order does not change the events (aggregates derive from sorted reviews)."""
+    """Arrival order does not change the events (means are exactly rounded sums)."""
     a, b = _steady(range(120), 2), ProductState("p1", 0)
     for day, reviews in sorted(a.buckets.items(), reverse=True):
         for r in reversed(reviews):
@@ -135,7 +135,9 @@ def test_fitted_weights_intercept_and_shrinkage_arithmetic() -> None:
     f = sig.features
     assert (sig.recent_count, sig.baseline_count) == (60, 60)
     assert f["volume"] == pytest.approx(math.log((60 + 2 / 3) / 30 / ((60 + 4 / 3) / 60)), 1e-5)
-    assert f["text"] == pytest.approx(0.7 - 0.5, 1e-5)  # 30 at 0.5 and 30 at 0.9
+    # 30 at 0.5 and 30 at 0.9, as the state stores scores (to 1/65534)
+    assert f["text"] == pytest.approx((0.5 + quantize_score(0.9)) / 2 - 0.5, abs=1e-6)
+    assert abs(quantize_score(0.9) - 0.9) <= 0.5 / SCORE_STEPS
     assert f["rating_shift"] == pytest.approx(4.5 - 4.0, 1e-5)
     assert f["season_ahead"] == 0.0
     raw = 0.2 + 0.5 * f["volume"] + 1.0 * f["text"] + 0.1 * f["rating_shift"]
