@@ -16,6 +16,7 @@ help:
 	@echo "make model  - export models/default if missing"
 	@echo "make eval   - per-review evaluation of the model and every baseline (out/eval/)"
 	@echo "make backtest - product-level backtest on every bundled set and the Olist sales (out/backtest/)"
+	@echo "make bench  - throughput and latency, raw ONNX Runtime vs the worker (out/bench/)"
 	@echo "make kafka-up / kafka-down - the local single-node Kafka broker"
 
 venv: $(STAMP)
@@ -56,9 +57,10 @@ backtest: $(STAMP) model
 	done
 	$(PY) -m stream backtest --sales data/olist-sales/sales_daily.csv.gz --out out/backtest/olist-sales
 
-# A slice of issue 4: raw scorer policies and the pure aggregation step (a few minutes).
+# Raw scorer policies, the pipeline and the naive agent through the broker, aggregation
+# (a few minutes; BENCH_ARGS=--full for longer). Starts the local broker unless one runs.
 bench: $(STAMP) model
-	$(PY) -m stream bench --out out/bench/bench.json
+	PYTHON=$(PY) bash scripts/bench.sh --out out/bench/bench.json $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check stream export tests

@@ -100,9 +100,7 @@ def score_reviews(path: Path, rows: list[dict[str, Any]], settings: Settings, *,
     """Every review of the file scored by the worker's scoring stage, in replay order."""
     from stream.inference import Scorer  # needs ONNX Runtime: only for review files
 
-    scorer = Scorer(model_dir, variant=settings.model_variant,
-                    provider=settings.execution_provider,
-                    intra_op_threads=settings.ort_intra_op_threads)
+    scorer = Scorer.from_settings(settings.model_copy(update={"model_dir": model_dir}))
     cache = _cache_path(path, scorer, cache_dir)
     if cache.is_file():
         with gzip.open(cache, "rt", encoding="utf-8") as f:

@@ -60,9 +60,7 @@ def _score_one(scorer: Scorer, text: str) -> float | None:
 def score_file(input_path: Path, output_path: Path, *, model_dir: Path,
                settings: Settings) -> dict[str, int]:
     """Score every review of a file; unscorable lines get score null and a reason."""
-    scorer = Scorer(model_dir, variant=settings.model_variant,
-                    provider=settings.execution_provider,
-                    intra_op_threads=settings.ort_intra_op_threads)
+    scorer = Scorer.from_settings(settings.model_copy(update={"model_dir": model_dir}))
     counts = {"scored": 0, "unscorable": 0}
     chunk: list[tuple[int, dict[str, Any] | None, str]] = []
     with _open_out(output_path) as out:

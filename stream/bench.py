@@ -18,6 +18,7 @@ with 1,000,000 products' state, the GPU path. The JSON lists them under
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -30,13 +31,14 @@ from typing import Any, Final
 
 import numpy as np
 
+from stream.events import ReviewScore
 from stream.inference import Scorer, review_text
 from stream.replay import load_sorted
 from stream.settings import REPO_ROOT, Settings
 
 DEFAULT_DATA: Final = REPO_ROOT / "data" / "datafiniti-amazon-devices" / "reviews.jsonl.gz"
-NOT_MEASURED: Final = ("pipeline", "naive", "aggregate.faust_tables", "cpu_seconds_by_process",
-                       "worker_peak_rss", "state_1m_products", "gpu")
+NOT_MEASURED: Final = ("pipeline", "naive", "aggregate.faust_tables", "state", "gpu")
+AGGREGATE_COPIES: Final = 3  # the bundled set thrice (new ids): ~108,000 scored reviews
 
 
 def _fixed(scorer: Scorer, texts: Sequence[str], size: int) -> None:
@@ -83,21 +85,32 @@ def _seconds(fn: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
+def prescored(rows: list[dict[str, Any]], model_id: str, *, copies: int = 1) -> list[ReviewScore]:
+    """The rows as scored reviews with hashed scores; copy k > 0 gets ids suffixed ``~k``
+    (more products at the same density, in the same time order)."""
+    out = []
+    for r in rows:
+        for k in range(copies):
+            suffix = f"~{k}" if k else ""
+            digest = hashlib.sha256((r["review_id"] + suffix).encode()).hexdigest()
+            out.append(ReviewScore(
+                review_id=r["review_id"] + suffix, product_id=r["product_id"] + suffix,
+                ts=datetime.fromisoformat(r["ts"]), score=int(digest[:4], 16) / 65535,
+                is_text_used=True, unk_ratio=0.0, n_tokens=10, is_truncated=False,
+                rating=None if r.get("rating") is None else float(r["rating"]),
+                category=r.get("category"), content_sha256=digest[4:20], model_id=model_id,
+                source_partition=0, source_offset=len(out)))
+    return out
+
+
 def time_aggregate(rows: list[dict[str, Any]], settings: Settings,
                    scorer: Scorer) -> dict[str, Any]:
     """Events/s of the pure aggregation step over pre-scored reviews (hashed scores)."""
     from stream import backtest as bt
     from stream.backtestio import kafka_partition_of
-    from stream.events import ReviewScore
     from stream.trends import detector_params
 
-    scores = [ReviewScore(
-        review_id=r["review_id"], product_id=r["product_id"], ts=datetime.fromisoformat(r["ts"]),
-        score=int(hashlib.sha256(r["review_id"].encode()).hexdigest()[:4], 16) / 65535,
-        is_text_used=True, unk_ratio=0.0, n_tokens=10, is_truncated=False,
-        rating=None if r.get("rating") is None else float(r["rating"]),
-        category=r.get("category"), content_sha256=r["review_id"][:16], model_id=scorer.model_id,
-        source_partition=0, source_offset=i) for i, r in enumerate(rows)]
+    scores = prescored(rows, scorer.model_id)
     params = detector_params(scorer.manifest.detector, settings)
     started = time.perf_counter()
     calls, _ = bt.trendstream_calls(scores, params, model_id=scorer.model_id,
@@ -109,27 +122,112 @@ def time_aggregate(rows: list[dict[str, Any]], settings: Settings,
 
 
 def run_bench(settings: Settings, *, data: Path = DEFAULT_DATA, n_reviews: int,
-              repeats: int) -> dict[str, Any]:
-    """Every measurement of this slice, as one JSON document."""
-    scorer = Scorer(settings.model_dir, variant=settings.model_variant,
-                    provider=settings.execution_provider,
-                    intra_op_threads=settings.ort_intra_op_threads)
+              repeats: int, kafka: bool = True, broker_pid: int | None = None,
+              products: int = 0, log_dir: Path = Path("out/bench/logs")) -> dict[str, Any]:
+    """Every measurement, as one JSON document (``kafka=False``: the broker-free parts)."""
+    scorer = Scorer.from_settings(settings)
     rows = load_sorted(data)
     texts = [review_text(r.get("title"), r["text"]) for r in rows[:n_reviews]]
     raw = time_raw(scorer, texts, batch_max_size=settings.batch_max_size, repeats=repeats)
     best = max(raw, key=lambda k: raw[k]["reviews_per_s"])
-    return {
+    report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine()},
         "model": {"model_id": scorer.model_id, "file": scorer.variant.file,
                   "precision": scorer.variant.precision, "provider": scorer.provider,
                   "intra_op_threads": settings.ort_intra_op_threads or os.cpu_count(),
                   "max_length": scorer.max_length},
+        "worker": {"batch_max_size": settings.batch_max_size,
+                   "batch_max_wait_s": settings.batch_max_wait_s,
+                   "partitions": settings.partitions},
         "data": {"file": str(data), "reviews": len(texts), "order": "replay (ts, review_id)"},
         "raw": raw, "raw_best": best,
         "aggregate": {"pure": time_aggregate(rows, settings, scorer)},
-        "not_measured": list(NOT_MEASURED),
     }
+    model_id = scorer.model_id
+    del scorer  # the worker processes load their own
+    if kafka:
+        report.update(asyncio.run(_through_kafka(settings, rows[:n_reviews], log_dir,
+                                                 broker_pid=broker_pid)))
+        scores = [(s.product_id.encode(), s.to_bytes())
+                  for s in prescored(rows, model_id, copies=AGGREGATE_COPIES)]
+        report["aggregate"]["faust_tables"] = asyncio.run(_aggregate_tables(
+            settings, scores, log_dir, broker_pid=broker_pid))
+        if products:
+            from stream.benchstate import state_memory
+            report["state"] = asyncio.run(state_memory(
+                settings, log_dir, n_products=products, broker_pid=broker_pid,
+                model_id=model_id))
+        report["ratios"] = ratios(report)
+        report["targets"] = targets(report)
+    report["not_measured"] = [k for k in NOT_MEASURED if _lookup(report, k) is None]
+    return report
+
+
+async def _through_kafka(settings: Settings, rows: list[dict[str, Any]], log_dir: Path, *,
+                         broker_pid: int | None) -> dict[str, Any]:
+    from stream import benchkafka as bk
+    from stream.replay import plan
+
+    records = plan(rows, malformed=0, seed=0)
+    pipeline = await bk.saturation(settings, records, log_dir, "pipeline",
+                                   broker_pid=broker_pid)
+    naive = await bk.saturation(settings, records, log_dir, "naive", broker_pid=broker_pid,
+                                worker_args=("--naive-scoring",))
+    half = pipeline["reviews_per_s"] / 2
+    pipeline["latency_at_half_load"] = await bk.latency(settings, records, log_dir,
+                                                        rate_per_s=half,
+                                                        broker_pid=broker_pid)
+    return {"pipeline": pipeline, "naive": naive}
+
+
+async def _aggregate_tables(settings: Settings, scores: list[tuple[bytes, bytes]],
+                            log_dir: Path, *, broker_pid: int | None) -> dict[str, Any]:
+    from stream.benchkafka import aggregate_tables
+    return await aggregate_tables(settings, scores, log_dir, broker_pid=broker_pid)
+
+
+def ratios(report: dict[str, Any]) -> dict[str, float]:
+    best = report["raw"][report["raw_best"]]["reviews_per_s"]
+    pipe = report["pipeline"]["reviews_per_s"]
+    return {"pipeline_over_raw": round(pipe / best, 3),
+            "pipeline_over_naive": round(pipe / report["naive"]["reviews_per_s"], 3)}
+
+
+def latency_bound_ms(report: dict[str, Any]) -> float:
+    """The p99 target: batch wait cap + 2 x the compute of one full batch (raw worker rate)."""
+    w = report["worker"]
+    worker_rate = report["raw"][f"worker-{w['batch_max_size']}"]["reviews_per_s"]
+    return round(1000 * (w["batch_max_wait_s"] + 2 * w["batch_max_size"] / worker_rate), 1)
+
+
+def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each issue-4 target: the measured value, the goal, met or not and by how much."""
+    r = report["ratios"]
+    p99 = report["pipeline"]["latency_at_half_load"]["produce_to_score"]["p99_ms"]
+    found = {
+        "pipeline_over_raw": (r["pipeline_over_raw"], 0.90, ">="),
+        "pipeline_over_naive": (r["pipeline_over_naive"], 1.2, ">="),
+        "p99_produce_to_score_ms": (p99, latency_bound_ms(report), "<="),
+        "aggregate_faust_tables_events_per_s": (
+            report["aggregate"]["faust_tables"]["events_per_s"], 20_000, ">="),
+    }
+    if report.get("state", {}).get("products", 0) >= 1_000_000:
+        found["worker_peak_rss_bytes_1m_products"] = (report["state"]["peak_rss_bytes"],
+                                                      1.5e9, "<=")
+    out: dict[str, dict[str, Any]] = {}
+    for name, (value, goal, op) in found.items():
+        met = value >= goal if op == ">=" else value <= goal
+        out[name] = {"value": value, "goal": f"{op} {goal}", "met": met,
+                     "gap": 0.0 if met else round(abs(goal - value), 3)}
+    return out
+
+
+def _lookup(report: dict[str, Any], dotted: str) -> Any:
+    node: Any = report
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def table(report: dict[str, Any]) -> str:
@@ -140,10 +238,35 @@ def table(report: dict[str, Any]) -> str:
              f"{'raw policy':<24} {'reviews/s':>10}"]
     lines += [f"{name:<24} {r['reviews_per_s']:>10.1f}" + ("  <- best" if name ==
               report["raw_best"] else "") for name, r in report["raw"].items()]
-    agg = report["aggregate"]["pure"]
-    lines.append(f"aggregate (pure, dict tables): {agg['events_per_s']:.0f} events/s over "
-                 f"{agg['events']} events")
-    lines.append("not measured yet: " + ", ".join(report["not_measured"]))
+    for name in ("pipeline", "naive"):
+        if name in report:
+            run = report[name]
+            lines.append(f"{name + ' (through Kafka)':<24} {run['reviews_per_s']:>10.1f}  "
+                         f"mean batch {run['mean_batch_size']}, CPU share "
+                         + ", ".join(f"{k} {v:.0%}" for k, v in run["cpu"]["share"].items())
+                         + f", worker peak RSS {run['worker_peak_rss_bytes'] / 2**20:.0f} MiB")
+    if "pipeline" in report:
+        lat = report["pipeline"]["latency_at_half_load"]
+        trend = lat["produce_to_trend"] or {"p50_ms": float("nan"), "p99_ms": float("nan")}
+        lines.append(f"latency at {lat['offered_reviews_per_s']:.0f} reviews/s: produce->score "
+                     f"p50 {lat['produce_to_score']['p50_ms']:.0f} ms, p99 "
+                     f"{lat['produce_to_score']['p99_ms']:.0f} ms; produce->trend p50 "
+                     f"{trend['p50_ms']:.0f} ms, p99 {trend['p99_ms']:.0f} ms")
+    for name, agg in report["aggregate"].items():
+        lines.append(f"aggregate ({name}): {agg['events_per_s']:.0f} events/s over "
+                     f"{agg['events']} events")
+    if "state" in report:
+        st = report["state"]
+        lines.append(f"state of {st['products']:,} products ({st['reviews']:,} reviews, "
+                     f"{st['state_bytes'] / 2**20:.0f} MiB encoded): worker RSS when ready "
+                     f"{st['rss_when_ready_bytes'] / 2**20:.0f} MiB, peak "
+                     f"{st['peak_rss_bytes'] / 2**20:.0f} MiB, ready after "
+                     f"{st['ready_after_s']:.0f} s")
+    for name, t in report.get("targets", {}).items():
+        verdict = "met" if t["met"] else f"MISSED by {t['gap']}"
+        lines.append(f"target {name}: {t['value']} (goal {t['goal']}): {verdict}")
+    if report["not_measured"]:
+        lines.append("not measured: " + ", ".join(report["not_measured"]))
     return "\n".join(lines)
 
 

@@ -33,7 +33,10 @@ def _iso(value: str) -> datetime:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trendstream", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("worker", help="run the faust worker (settings from TRENDSTREAM_*)")
+    w = sub.add_parser("worker", help="run the faust worker (settings from TRENDSTREAM_*)")
+    w.add_argument("--naive-scoring", action="store_true",
+                   help="score one review per model call: the baseline `trendstream bench` "
+                   "measures the worker against (not for production)")
     r = sub.add_parser("replay", help="produce a review file into the reviews topic")
     r.add_argument("file", type=Path)
     r.add_argument("--speed", type=float, default=None,
@@ -80,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--repeats", type=int, default=2, help="passes per policy, best kept")
     n.add_argument("--full", action="store_true", help="8,000 reviews, 3 passes")
     n.add_argument("--out", type=Path, default=Path("out/bench/bench.json"))
+    n.add_argument("--no-kafka", action="store_true",
+                   help="only the parts that need no broker (raw policies, pure aggregation)")
+    n.add_argument("--products", type=int, default=0, help="also measure the worker's memory "
+                   "holding this many products' window state (issue target: 1000000)")
+    n.add_argument("--broker-pid-file", type=Path, default=None,
+                   help="pid file of the local broker, to report its CPU seconds")
     g = sub.add_parser("gpu-check", help="fp16/fp32 parity and raw batch-policy throughput on "
                        "the CUDA provider (writes JSON; stream/gpucheck.py)")
     g.add_argument("--model", type=Path, default=None, help="model directory (needs the fp16 "
@@ -126,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "worker":
         from stream.worker import run_worker
-        run_worker(settings)
+        run_worker(settings, naive_scoring=args.naive_scoring)
         return 0
     if args.command == "replay":
         from stream.replay import replay
@@ -150,8 +159,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _backtest(args, settings)
     if args.command == "bench":
         from stream.bench import run_bench, table, write
+        pid = int(args.broker_pid_file.read_text()) if args.broker_pid_file else None
         report = run_bench(settings, n_reviews=8000 if args.full else args.reviews,
-                           repeats=3 if args.full else args.repeats)
+                           repeats=3 if args.full else args.repeats, kafka=not args.no_kafka,
+                           broker_pid=pid, products=args.products,
+                           log_dir=args.out.parent / "logs")
         write(report, args.out)
         print(table(report))
         print(f"wrote {args.out}")

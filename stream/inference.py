@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -23,6 +23,9 @@ from tokenizers import Tokenizer
 from stream.artifact import Manifest, Variant, load_model_dir, read_manifest
 from stream.batching import CPU_CHUNK_SIZE, chunks, pad, truncate
 from stream.errors import ArtifactError, RuntimeMissingError
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,10 @@ def load_tokenizer(path: Path, *, max_length: int) -> Tokenizer:
     return tokenizer
 
 
-def _session_options(ort: ModuleType, intra_op_threads: int) -> object:
+def _session_options(ort: ModuleType, intra_op_threads: int, allow_spinning: bool) -> object:
     opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                  "1" if allow_spinning else "0")
     opts.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -107,7 +112,8 @@ class Scorer:
     """Scores review texts with one model variant on one ONNX Runtime session."""
 
     def __init__(self, model_dir: Path, *, variant: str = "auto", provider: str = "auto",
-                 intra_op_threads: int = 0, verify: bool = True) -> None:
+                 intra_op_threads: int = 0, allow_spinning: bool = True,
+                 verify: bool = True) -> None:
         ort = import_onnxruntime()
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_model_dir(self.model_dir) if verify else \
@@ -116,12 +122,13 @@ class Scorer:
         providers = _providers(ort, provider)
         first = self._pick_variant(variant, "cuda" if providers[0].startswith("CUDA") else "cpu")
         self.session = ort.InferenceSession(str(self.model_dir / first.file),
-                                            sess_options=_session_options(ort, intra_op_threads),
+                                            sess_options=_session_options(ort, intra_op_threads,
+                                                                          allow_spinning),
                                             providers=providers)
         self.provider: Provider = "cuda" if self.session.get_providers()[0].startswith("CUDA") \
             else "cpu"
         if self.provider == "cpu" and providers[0].startswith("CUDA"):
-            first = self._reload_for_cpu(ort, variant, intra_op_threads, first)
+            first = self._reload_for_cpu(ort, variant, intra_op_threads, allow_spinning, first)
         self.variant = first
         self.chunk_size = CPU_CHUNK_SIZE if self.provider == "cpu" else 1 << 30
         self._ort = ort
@@ -132,6 +139,14 @@ class Scorer:
         self.max_length = self.manifest.max_length
         log.info("scorer ready model_id=%s variant=%s provider=%s threads=%s",
                  self.model_id, self.variant.precision, self.provider, intra_op_threads or "auto")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Scorer:
+        """The scorer the worker runs: model, variant, provider and threads from settings."""
+        return cls(settings.model_dir, variant=settings.model_variant,
+                   provider=settings.execution_provider,
+                   intra_op_threads=settings.ort_intra_op_threads,
+                   allow_spinning=settings.ort_allow_spinning)
 
     @property
     def model_id(self) -> str:
@@ -145,12 +160,13 @@ class Scorer:
             raise ArtifactError(msg)
         return self.manifest.variants[name]
 
-    def _reload_for_cpu(self, ort: ModuleType, variant: str, threads: int,
+    def _reload_for_cpu(self, ort: ModuleType, variant: str, threads: int, spinning: bool,
                         current: Variant) -> Variant:
         chosen = self._pick_variant(variant, "cpu")
         if chosen.file != current.file:
             self.session = ort.InferenceSession(str(self.model_dir / chosen.file),
-                                                sess_options=_session_options(ort, threads),
+                                                sess_options=_session_options(ort, threads,
+                                                                              spinning),
                                                 providers=["CPUExecutionProvider"])
         return chosen
 

@@ -18,9 +18,7 @@ log = logging.getLogger(__name__)
 
 def make_pipeline(settings: Settings) -> Pipeline:
     """Load and warm the model (a missing or corrupt model fails here, before Kafka)."""
-    scorer = Scorer(settings.model_dir, variant=settings.model_variant,
-                    provider=settings.execution_provider,
-                    intra_op_threads=settings.ort_intra_op_threads)
+    scorer = Scorer.from_settings(settings)
     params = detector_params(scorer.manifest.detector, settings)
     scorer.score(["warm-up review: works great, would buy again."] * 2)
     pipeline = Pipeline(settings=settings, scorer=scorer, params=params)
@@ -28,11 +26,14 @@ def make_pipeline(settings: Settings) -> Pipeline:
     return pipeline
 
 
-def run_worker(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; faust drains the agents and commits on the way out."""
+def run_worker(settings: Settings, *, naive_scoring: bool = False) -> None:
+    """Run until SIGTERM/SIGINT; faust drains the agents and commits on the way out.
+
+    ``naive_scoring``: the per-review baseline of ``trendstream bench``, never for production.
+    """
     pipeline = make_pipeline(settings)
     asyncio.run(asyncio.wait_for(ensure_topics(settings), timeout=60))
-    app = build_app(pipeline)
+    app = build_app(pipeline, naive_scoring=naive_scoring)
     log.info("worker starting bootstrap=%s app_id=%s partitions=%d model_id=%s provider=%s "
              "variant=%s", settings.kafka_bootstrap, settings.app_id, settings.partitions,
              pipeline.scorer.model_id, pipeline.scorer.provider,

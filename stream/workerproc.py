@@ -27,11 +27,12 @@ def free_port() -> int:
 class WorkerProcess:
     """A worker child process; ``env`` holds its TRENDSTREAM_* settings (web port included)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *,
+                 args: tuple[str, ...] = ()) -> None:
         self.log_path = log_path
         self.url = f"http://127.0.0.1:{env['TRENDSTREAM_WEB_PORT']}"
         self._log = log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "stream", "worker", *args], env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
 
     def log_tail(self, lines: int = 30) -> str:
