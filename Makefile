@@ -8,7 +8,7 @@ EXTRAS ?= cpu,export,report,dev
 MODEL_DIR ?= models/default
 KAFKA := deploy/kafka/kafka.sh
 
-.PHONY: help venv model demo test test-unit test-integration lint eval backtest bench kafka-up kafka-down kafka-status clean
+.PHONY: help venv model demo test test-unit test-integration lint eval backtest bench gpu-check kafka-up kafka-down kafka-status clean
 
 help:
 	@echo "make demo   - the main job on bundled real reviews (starts Kafka, exports the model once)"
@@ -17,6 +17,7 @@ help:
 	@echo "make eval   - per-review evaluation of the model and every baseline (out/eval/)"
 	@echo "make backtest - product-level backtest on every bundled set and the Olist sales (out/backtest/)"
 	@echo "make bench  - throughput and latency, raw ONNX Runtime vs the worker (out/bench/)"
+	@echo "make gpu-check - on a CUDA machine: fp16 parity and GPU throughput (out/gpu/)"
 	@echo "make kafka-up / kafka-down - the local single-node Kafka broker"
 
 venv: $(STAMP)
@@ -58,9 +59,18 @@ backtest: $(STAMP) model
 	$(PY) -m stream backtest --sales data/olist-sales/sales_daily.csv.gz --out out/backtest/olist-sales
 
 # Raw scorer policies, the pipeline and the naive agent through the broker, aggregation
-# (a few minutes; BENCH_ARGS=--full for longer). Starts the local broker unless one runs.
+# and 1,000,000 products' state (about 8 min; BENCH_ARGS=--full for longer). Starts the
+# local broker unless one runs.
 bench: $(STAMP) model
-	PYTHON=$(PY) bash scripts/bench.sh --out out/bench/bench.json $(BENCH_ARGS)
+	PYTHON=$(PY) bash scripts/bench.sh --products 1000000 --out out/bench/bench.json $(BENCH_ARGS)
+
+# The GPU path (needs a CUDA GPU and onnxruntime-gpu; scripts/gpu-check.sh sets both up on
+# a bare GPU machine): fp16 parity, raw policies on CUDA, per-call throughput.
+$(MODEL_DIR)/model.fp16.onnx: | $(MODEL_DIR)/manifest.json
+	HF_HUB_OFFLINE=1 $(PY) -m stream export-fp16 --model $(MODEL_DIR)
+
+gpu-check: $(STAMP) $(MODEL_DIR)/model.fp16.onnx
+	$(PY) -m stream gpu-check --model $(MODEL_DIR) --out out/gpu/gpu-check.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check stream export tests

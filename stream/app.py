@@ -68,6 +68,9 @@ def _faust_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest", web_bind=settings.web_host,
         web_port=settings.web_port, web_host=settings.web_host, web_enabled=True,
         table_cleanup_interval=3600.0, key_serializer="raw", value_serializer="raw",
+        # Larger fetches feed the aggregate agent's big batches (measured: 6.5k -> 8.5k
+        # scored reviews/s through the tables; faust's defaults are 1 MiB and unbounded).
+        consumer_max_fetch_size=4 << 20, broker_max_poll_records=5000,
         # A crashed agent stops the worker (the orchestrator restarts it) instead of a
         # half-alive process that reports ready while one stage is dead.
         agent_supervisor=CrashingSupervisor,

@@ -59,20 +59,26 @@ def _worker_policy(scorer: Scorer, texts: Sequence[str], batch: int) -> None:
         scorer.score(texts[i:i + batch])
 
 
-def policies(batch_max_size: int) -> dict[str, Callable[[Scorer, Sequence[str]], None]]:
+Policy = Callable[[Scorer, Sequence[str]], None]
+FIXED_SIZES: Final = (1, 8, 32, 128)
+
+
+def policies(batch_max_size: int, *,
+             fixed_sizes: Sequence[int] = FIXED_SIZES) -> dict[str, Policy]:
     """Every raw batch policy the bench times, by name."""
-    return {"fixed-1": lambda s, t: _fixed(s, t, 1), "fixed-8": lambda s, t: _fixed(s, t, 8),
-            "fixed-32": lambda s, t: _fixed(s, t, 32),
-            "fixed-128": lambda s, t: _fixed(s, t, 128),
-            "sorted-128-chunks-8": lambda s, t: _sorted_windows(s, t, 128, 8),
-            f"worker-{batch_max_size}": lambda s, t: _worker_policy(s, t, batch_max_size)}
+    found: dict[str, Policy] = {f"fixed-{n}": lambda s, t, n=n: _fixed(s, t, n)
+                                for n in fixed_sizes}
+    found["sorted-128-chunks-8"] = lambda s, t: _sorted_windows(s, t, 128, 8)
+    found[f"worker-{batch_max_size}"] = lambda s, t: _worker_policy(s, t, batch_max_size)
+    return found
 
 
 def time_raw(scorer: Scorer, texts: Sequence[str], *, batch_max_size: int,
-             repeats: int) -> dict[str, Any]:
-    """Reviews/s of each policy (best of ``repeats`` passes, after one warm-up pass)."""
+             repeats: int, runs: dict[str, Policy] | None = None) -> dict[str, Any]:
+    """Reviews/s of each policy (best of ``repeats`` passes, after one warm-up pass);
+    ``runs`` replaces the bench's own policies."""
     out: dict[str, Any] = {}
-    for name, run in policies(batch_max_size).items():
+    for name, run in (runs or policies(batch_max_size)).items():
         run(scorer, texts[:64])  # warm-up: session arenas, tokenizer caches
         best = min(_seconds(lambda r=run: r(scorer, texts)) for _ in range(repeats))
         out[name] = {"reviews_per_s": round(len(texts) / best, 1), "seconds": round(best, 3)}

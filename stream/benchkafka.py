@@ -80,8 +80,10 @@ def bench_settings(base: Settings, label: str) -> Settings:
 
 
 def env_of(settings: Settings) -> dict[str, str]:
-    """The settings as TRENDSTREAM_* variables for a worker process (unset = default)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRENDSTREAM_")}
+    """The settings as TRENDSTREAM_* variables for a worker process (unset = default);
+    TRENDSTREAM_FAUST_* (faust's own settings) pass through."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRENDSTREAM_")
+           or k.startswith("TRENDSTREAM_FAUST_")}
     for name, value in settings.model_dump().items():
         if value is not None:
             env[f"TRENDSTREAM_{name.upper()}"] = str(value)

@@ -26,7 +26,7 @@ import platform
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -35,7 +35,7 @@ from typing import Any, Final
 import numpy as np
 
 from stream.artifact import Manifest, read_manifest, sha256_file
-from stream.bench import _fixed, _seconds, policies, time_raw
+from stream.bench import FIXED_SIZES, policies, time_raw
 from stream.errors import ArtifactError, RuntimeMissingError
 from stream.inference import Scorer, import_onnxruntime, review_text
 from stream.replay import load_sorted
@@ -48,8 +48,6 @@ SORTED_WINDOW: Final = 512
 TARGET_SPEEDUP: Final = 10.0
 """Issue 4: on the GPU the best batch policy should score >= 10x more reviews/s than
 one review per call."""
-
-Policy = Callable[[Scorer, Sequence[str]], None]
 
 
 def gpu_info() -> dict[str, Any]:
@@ -165,27 +163,13 @@ def batch_invariance(scorer: Scorer, texts: Sequence[str], *, batch: int) -> flo
     return float(np.abs(alone - batched).max())
 
 
-def _time_more(scorer: Scorer, texts: Sequence[str], runs: dict[str, Policy],
-               repeats: int) -> dict[str, Any]:
-    """Timed as ``stream.bench.time_raw`` times its own policies (one warm-up, best pass)."""
-    out: dict[str, Any] = {}
-    for name, run in runs.items():
-        run(scorer, texts[:64])
-        best = min(_seconds(lambda r=run: r(scorer, texts)) for _ in range(repeats))
-        out[name] = {"reviews_per_s": round(len(texts) / best, 1), "seconds": round(best, 3)}
-    return out
-
-
 def throughput(scorer: Scorer, texts: Sequence[str], *, batch_max_size: int,
                repeats: int) -> dict[str, Any]:
     """Reviews/s of bench's policies, the wide fixed batches and sorted windows of 512."""
-    raw = time_raw(scorer, texts, batch_max_size=batch_max_size, repeats=repeats)
-    window = f"worker-{SORTED_WINDOW}"
-    more: dict[str, Policy] = {f"fixed-{size}": lambda s, t, n=size: _fixed(s, t, n)
-                               for size in WIDE_SIZES}
-    if window not in raw:
-        more[window] = policies(SORTED_WINDOW)[window]
-    measured = {**raw, **_time_more(scorer, texts, more, repeats)}
+    runs = policies(batch_max_size, fixed_sizes=(*FIXED_SIZES, *WIDE_SIZES))
+    runs.update(policies(SORTED_WINDOW, fixed_sizes=()))
+    measured = time_raw(scorer, texts, batch_max_size=batch_max_size, repeats=repeats,
+                        runs=runs)
     fixed = sorted((k for k in measured if k.startswith("fixed-")),
                    key=lambda k: int(k.split("-")[1]))
     return {k: measured[k] for k in [*fixed, *(k for k in measured if k not in fixed)]}

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     ort_allow_spinning: bool = Field(True, description="let ONNX Runtime's idle intra-op "
                                      "threads spin; off hands the cores to the event loop and "
                                      "the broker sooner (see README, Performance)")
-    batch_max_size: int = Field(64, ge=1, le=4096, description="most reviews in one scoring "
+    batch_max_size: int = Field(256, ge=1, le=4096, description="most reviews in one scoring "
                                 "micro-batch")
     batch_max_wait_s: float = Field(0.05, gt=0, le=10, description="longest a review waits "
                                     "for its micro-batch to fill")

@@ -11,6 +11,7 @@ from stream.cli import main as cli_main
 from stream.errors import RuntimeMissingError
 from stream.gpucheck import VARIANTS, WIDE_SIZES, run_gpu_check
 from stream.inference import Scorer, import_onnxruntime
+from stream.settings import Settings
 
 pytestmark = pytest.mark.export
 
@@ -43,7 +44,7 @@ def test_gpu_check_allow_cpu_writes_every_key(tiny_model_dir: Path, tmp_path: Pa
     assert report["provider"] == "cpu" and report["target"]["applies"] is False
     assert (report["data"]["parity_reviews"], report["data"]["timed_reviews"]) == (16, 24)
     names = [*(f"fixed-{n}" for n in (1, 8, 32, 128, *WIDE_SIZES)), "sorted-128-chunks-8",
-             "worker-64", "worker-512"]
+             f"worker-{Settings().batch_max_size}", "worker-512"]
     for variant in VARIANTS:
         assert list(report["throughput"][variant]) == names
         assert all(r["reviews_per_s"] > 0 for r in report["throughput"][variant].values())
