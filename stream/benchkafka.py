@@ -324,12 +324,39 @@ async def latency(settings: Settings, records: list[Record], log_dir: Path, *,
             "trend_events": len(trends), "trend_events_matched": len(to_trend), "cpu": cpu}
 
 
+async def produce_score_batches(settings: Settings, scores: list[tuple[bytes, bytes]]) -> None:
+    """(product_id, ReviewScore JSON) pairs onto review-score-batches, grouped as the
+    worker groups them: per partition of the product, BATCH_MAX_SIZE scores a record."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream.app import score_batch_record
+    from stream.backtestio import kafka_partition_of
+
+    partition_of = kafka_partition_of(settings.partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                                linger_ms=20, max_request_size=16 << 20)
+    await producer.start()
+    try:
+        topic = settings.topic(settings.topic_score_batches)
+        for i in range(0, len(scores), settings.batch_max_size):
+            by_partition: dict[int, list[bytes]] = {}
+            for key, value in scores[i:i + settings.batch_max_size]:
+                by_partition.setdefault(partition_of(key.decode()), []).append(value)
+            for p, values in by_partition.items():
+                await producer.send(topic, value=score_batch_record(values), partition=p)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 async def aggregate_tables(settings: Settings, scores: list[tuple[bytes, bytes]], log_dir: Path,
                            *, broker_pid: int | None, timeout_s: float = 900) -> dict[str, Any]:
-    """Pre-scored reviews on review-scores, worker started after: events/s through the
-    aggregate agent and its changelogged tables (timed by polling /stats every 50 ms)."""
+    """Pre-scored reviews on review-score-batches (as the scorer writes them: one record
+    per partition per micro-batch of BATCH_MAX_SIZE), worker started after: scored
+    reviews/s through the aggregate agent and its changelogged tables (timed by polling
+    /stats every 50 ms)."""
     async with Run(settings, log_dir, "aggregate", broker_pid=broker_pid) as run:
-        await produce(run.settings, scores, topic=run.topic(settings.topic_scores))
+        await produce_score_batches(run.settings, scores)
         run.start_worker()
         assert run.worker is not None
         n, first = len(scores), None

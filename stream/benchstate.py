@@ -112,7 +112,6 @@ async def state_memory(settings: Settings, log_dir: Path, *, n_products: int, da
                        model_id: str) -> dict[str, Any]:
     """Load N products' state through the changelog; the worker's RSS when ready and after."""
     from stream import benchkafka as bk
-    from stream.replay import produce
 
     async with bk.Run(settings, log_dir, "state", broker_pid=broker_pid) as run:
         loaded = await load_states(run.settings, n_products, days=days,
@@ -121,7 +120,7 @@ async def state_memory(settings: Settings, log_dir: Path, *, n_products: int, da
         assert run.worker is not None
         rss_ready = bk.rss_bytes(run.worker.proc.pid)
         batch = new_reviews(1000, n_products, model_id=model_id)
-        await produce(run.settings, batch, topic=run.topic(settings.topic_scores))
+        await bk.produce_score_batches(run.settings, batch)
         stats = await run.wait_stats(lambda s: s["accepted"] + s["dead_lettered_total"] >=
                                      len(batch), timeout_s=600)
         rss_after = bk.rss_bytes(run.worker.proc.pid)

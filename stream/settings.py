@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="prefix for every topic name (e.g. 'demo.')")
     topic_reviews: str = Field("reviews", description="input topic (ReviewEvent JSON)")
     topic_scores: str = Field("review-scores", description="scored reviews (ReviewScore)")
+    topic_score_batches: str = Field("review-score-batches", description="internal: each "
+                                     "scored micro-batch as one record per input partition "
+                                     "(what the aggregator reads)")
     topic_trends: str = Field("trends", description="trend changes (TrendChange)")
     topic_dlq: str = Field("reviews-dlq", description="dead letters (DeadLetter)")
     topic_alerts: str = Field("trend-alerts", description="sharp-drop alerts (SharpDropAlert)")
@@ -73,9 +76,10 @@ class Settings(BaseSettings):
                                          "no review in its window and none for this many "
                                          "days of stream time is forgotten (its state "
                                          "record deleted; a later review starts it afresh)")
-    aggregate_batch_max_size: int = Field(1000, ge=1, le=100_000, description="most scored "
-                                          "reviews the aggregator takes at once; each "
-                                          "product's state is written once per batch")
+    aggregate_batch_max_records: int = Field(16, ge=1, le=10_000, description="most "
+                                             "review-score-batches records the aggregator "
+                                             "takes at once; each product's state is written "
+                                             "once per take")
     idle_tick_interval_s: float = Field(0.0, ge=0, description="live feeds: every N s send a "
                                         "wall-clock tick to each partition so silent products "
                                         "turn falling; 0 = stream time from events only "

@@ -20,9 +20,9 @@ TABLES = (WINDOWS_TABLE, CLOCKS_TABLE)
 
 def topic_names(settings: Settings) -> list[str]:
     """The app's external topics, prefixed."""
-    return [settings.topic(t) for t in (settings.topic_reviews, settings.topic_scores,
-                                         settings.topic_trends, settings.topic_alerts,
-                                         settings.topic_dlq)]
+    return [settings.topic(t) for t in (
+        settings.topic_reviews, settings.topic_scores, settings.topic_score_batches,
+        settings.topic_trends, settings.topic_alerts, settings.topic_dlq)]
 
 
 def changelog_names(settings: Settings) -> list[str]:
