@@ -219,14 +219,17 @@ def _all_aggregated(n: int) -> Callable[[dict[str, Any]], bool]:
 
 
 def warm_rate(scores: list[Stored], warmup_ids: set[str]) -> float:
-    """Scores/s of the timed reviews (those not in ``warmup_ids``), counted from the moment
-    the last warm-up review's score was written: the worker is warm by then, as the raw
-    bench is after its warm-up pass. Without warm-up reviews: :func:`rate_of`."""
+    """Scores/s of the timed reviews (those not in ``warmup_ids``), counted from the end of
+    the burst that wrote the last warm-up review's score (its micro-batch, timed reviews
+    included, was computed before that): the worker is warm by then, as the raw bench is
+    after its warm-up pass. Without warm-up reviews: :func:`rate_of`."""
     if not warmup_ids:
         return rate_of(scores)
     order = sorted(scores, key=lambda r: r.timestamp_ms)
     is_warmup = [json.loads(r.value or b"")["review_id"] in warmup_ids for r in order]
-    opened = max(r.timestamp_ms for r, w in zip(order, is_warmup, strict=True) if w)
+    last_warm = max(r.timestamp_ms for r, w in zip(order, is_warmup, strict=True) if w)
+    # the burst that carried the last warm-up score (its whole micro-batch) opens the span
+    opened = max(r.timestamp_ms for r in order if r.timestamp_ms <= last_warm + FIRST_BURST_MS)
     timed = [r for r, w in zip(order, is_warmup, strict=True)
              if not w and r.timestamp_ms > opened]
     span_s = (order[-1].timestamp_ms - opened) / 1000

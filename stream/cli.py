@@ -80,8 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("bench", help="throughput of the raw scorer policies and the "
                        "aggregation step (writes JSON)")
     n.add_argument("--reviews", type=int, default=2000, help="reviews timed (default %(default)s)")
-    n.add_argument("--repeats", type=int, default=2, help="passes per policy, best kept")
-    n.add_argument("--full", action="store_true", help="8,000 reviews, 3 passes")
+    n.add_argument("--repeats", type=int, default=3, help="passes per policy, best kept")
+    n.add_argument("--full", action="store_true", help="8,000 reviews, 5 passes")
     n.add_argument("--out", type=Path, default=Path("out/bench/bench.json"))
     n.add_argument("--no-kafka", action="store_true",
                    help="only the parts that need no broker (raw policies, pure aggregation)")
@@ -161,7 +161,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from stream.bench import run_bench, table, write
         pid = int(args.broker_pid_file.read_text()) if args.broker_pid_file else None
         report = run_bench(settings, n_reviews=8000 if args.full else args.reviews,
-                           repeats=3 if args.full else args.repeats, kafka=not args.no_kafka,
+                           repeats=5 if args.full else args.repeats, kafka=not args.no_kafka,
                            broker_pid=pid, products=args.products,
                            log_dir=args.out.parent / "logs")
         write(report, args.out)
