@@ -6,14 +6,18 @@ import asyncio
 import logging
 
 import faust
+from aiokafka.errors import KafkaError
 
 from stream.app import Pipeline, build_app
+from stream.errors import StreamError
 from stream.inference import Scorer
 from stream.settings import Settings
 from stream.topics import ensure_topics
 from stream.trends import detector_params
 
 log = logging.getLogger(__name__)
+
+BROKER_TIMEOUT_S = 60.0
 
 
 def make_pipeline(settings: Settings) -> Pipeline:
@@ -32,7 +36,13 @@ def run_worker(settings: Settings, *, naive_scoring: bool = False) -> None:
     ``naive_scoring``: the per-review baseline of ``trendstream bench``, never for production.
     """
     pipeline = make_pipeline(settings)
-    asyncio.run(asyncio.wait_for(ensure_topics(settings), timeout=60))
+    try:
+        asyncio.run(asyncio.wait_for(ensure_topics(settings), timeout=BROKER_TIMEOUT_S))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        msg = (f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}: "
+               f"{exc}; the worker waits at most {BROKER_TIMEOUT_S:.0f} s): check "
+               "TRENDSTREAM_KAFKA_BOOTSTRAP and that the broker is up")
+        raise StreamError(msg) from exc
     app = build_app(pipeline, naive_scoring=naive_scoring)
     log.info("worker starting bootstrap=%s app_id=%s partitions=%d model_id=%s provider=%s "
              "variant=%s", settings.kafka_bootstrap, settings.app_id, settings.partitions,
