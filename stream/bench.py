@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
@@ -38,6 +39,8 @@ from stream.events import ReviewScore
 from stream.inference import Scorer, review_text
 from stream.replay import load_sorted
 from stream.settings import REPO_ROOT, Settings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DATA: Final = REPO_ROOT / "data" / "datafiniti-amazon-devices" / "reviews.jsonl.gz"
 NOT_MEASURED: Final = ("pipeline", "naive", "aggregate.faust_tables", "state", "gpu")
@@ -83,6 +86,7 @@ def time_raw(scorer: Scorer, texts: Sequence[str], *, batch_max_size: int,
     ``runs`` replaces the bench's own policies."""
     out: dict[str, Any] = {}
     for name, run in (runs or policies(batch_max_size)).items():
+        log.info("timing raw policy %s (%d reviews, best of %d)", name, len(texts), repeats)
         run(scorer, texts[:64])  # warm-up: session arenas, tokenizer caches
         best = min(_seconds(lambda r=run: r(scorer, texts)) for _ in range(repeats))
         out[name] = {"reviews_per_s": round(len(texts) / best, 1), "seconds": round(best, 3)}

@@ -166,8 +166,9 @@ class Run:
     async def __aexit__(self, *exc: object) -> None:
         if self.worker is not None:
             self.worker.stop()
-        await delete_topics(self.settings, topic_names(self.settings) +
-                            changelog_names(self.settings))
+        await delete_topics(self.settings, [*topic_names(self.settings),
+                                            *changelog_names(self.settings),
+                                            f"{self.settings.app_id}-__assignor-__leader"])
 
     def topic(self, name: str) -> str:
         return self.settings.topic(name)

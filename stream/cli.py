@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("bench", help="throughput of the raw scorer policies and the "
                        "aggregation step (writes JSON)")
     n.add_argument("--reviews", type=int, default=2000, help="reviews timed (default %(default)s)")
-    n.add_argument("--repeats", type=int, default=3, help="passes per policy, best kept")
+    n.add_argument("--repeats", type=int, default=3, help="passes per raw policy, best kept "
+                   "(default %(default)s)")
     n.add_argument("--full", action="store_true", help="8,000 reviews, 5 passes")
     n.add_argument("--out", type=Path, default=Path("out/bench/bench.json"))
     n.add_argument("--no-kafka", action="store_true",
@@ -91,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="pid file of the local broker, to report its CPU seconds")
     g = sub.add_parser("gpu-check", help="fp16/fp32 parity and raw batch-policy throughput on "
                        "the CUDA provider (writes JSON; stream/gpucheck.py)")
-    g.add_argument("--model", type=Path, default=None, help="model directory (needs the fp16 "
-                   "variant: `trendstream export-fp16`)")
+    g.add_argument("--model", type=Path, default=None, help="model directory with the fp16 "
+                   "variant (the export writes it; older ones: `trendstream export-fp16`)")
     g.add_argument("--out", type=Path, default=Path("out/gpu/gpu-check.json"))
     g.add_argument("--data", type=Path, default=None, help="review file (default: the bundled "
                    "Datafiniti set)")
