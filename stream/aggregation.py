@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -50,7 +50,7 @@ class StateStore(Protocol):
 
     def delete(self, partition: int, key: str) -> None: ...
 
-    def items(self) -> Iterator[tuple[str, bytes]]: ...
+    def items(self) -> Iterable[tuple[str, bytes]]: ...
 
 
 class DictStore(dict[str, bytes]):
@@ -61,9 +61,6 @@ class DictStore(dict[str, bytes]):
 
     def delete(self, partition: int, key: str) -> None:
         self.pop(key, None)
-
-    def items(self) -> Iterator[tuple[str, bytes]]:  # type: ignore[override]
-        return iter(list(super().items()))
 
 
 @dataclass(frozen=True, slots=True)

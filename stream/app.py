@@ -23,7 +23,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -221,8 +221,8 @@ class TableStore:
         self.table.data.pop(key, None)
         self.table.send_changelog(partition, key, None, value_serializer="raw")
 
-    def items(self) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.table.data.items()))
+    def items(self) -> Iterable[tuple[str, bytes]]:
+        return self.table.data.items()
 
 
 def score_batch_record(scores: list[bytes]) -> bytes:

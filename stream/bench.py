@@ -168,7 +168,8 @@ def run_bench(settings: Settings, *, data: Path = DEFAULT_DATA, n_reviews: int,
                                                  broker_pid=broker_pid)))
         scores = [(s.product_id.encode(), s.to_bytes())
                   for s in prescored(rows, model_id, copies=AGGREGATE_COPIES)]
-        report["aggregate"]["faust_tables"] = asyncio.run(_aggregate_tables(
+        from stream.benchkafka import aggregate_tables
+        report["aggregate"]["faust_tables"] = asyncio.run(aggregate_tables(
             settings, scores, log_dir, broker_pid=broker_pid))
         if products:
             from stream.benchstate import state_memory
@@ -197,12 +198,6 @@ async def _through_kafka(settings: Settings, rows: list[dict[str, Any]], log_dir
                                                         rate_per_s=half,
                                                         broker_pid=broker_pid)
     return {"pipeline": pipeline, "naive": naive}
-
-
-async def _aggregate_tables(settings: Settings, scores: list[tuple[bytes, bytes]],
-                            log_dir: Path, *, broker_pid: int | None) -> dict[str, Any]:
-    from stream.benchkafka import aggregate_tables
-    return await aggregate_tables(settings, scores, log_dir, broker_pid=broker_pid)
 
 
 def ratios(report: dict[str, Any]) -> dict[str, float]:

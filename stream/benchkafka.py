@@ -90,14 +90,15 @@ def env_of(settings: Settings) -> dict[str, str]:
     return env
 
 
-async def read_all(settings: Settings, topic: str, *, timeout_s: float = 60) -> list[Stored]:
+async def read_all(bootstrap: str, topic: str, *, partitions: int,
+                   timeout_s: float = 60) -> list[Stored]:
     """Every record of a topic (read_committed), with partition, offset and timestamp."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                enable_auto_commit=False, isolation_level="read_committed",
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed",
                                 max_partition_fetch_bytes=8 << 20)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
@@ -172,6 +173,11 @@ class Run:
 
     def topic(self, name: str) -> str:
         return self.settings.topic(name)
+
+    async def read(self, topic: str) -> list[Stored]:
+        """Every record of one of this run's topics."""
+        return await read_all(self.settings.kafka_bootstrap, topic,
+                              partitions=self.settings.partitions)
 
     def start_worker(self, *, ready_timeout_s: float = 180.0) -> float:
         """Start the worker and wait until it is ready; seconds from start to ready."""
@@ -251,7 +257,7 @@ async def saturation(settings: Settings, records: list[Record], log_dir: Path, l
         stats = await run.wait_stats(_all_aggregated(len(records)), timeout_s=timeout_s)
         wall_s = time.monotonic() - started
         cpu, rss = run.cpu_since_ready(), run.peak_rss()
-        scores = await read_all(run.settings, run.topic(settings.topic_scores))
+        scores = await run.read(run.topic(settings.topic_scores))
         trends = await topic_size(run.settings, run.topic(settings.topic_trends))
     return {"reviews": len(records), "scored": len(scores),
             "warmup_reviews": len(warmup_ids),
@@ -302,9 +308,9 @@ async def latency(settings: Settings, records: list[Record], log_dir: Path, *,
                       pace_s=pace)
         await run.wait_stats(_all_aggregated(len(records)), timeout_s=timeout_s)
         cpu = run.cpu_since_ready()
-        reviews = await read_all(run.settings, run.topic(settings.topic_reviews))
-        scores = await read_all(run.settings, run.topic(settings.topic_scores))
-        trends = await read_all(run.settings, run.topic(settings.topic_trends))
+        reviews = await run.read(run.topic(settings.topic_reviews))
+        scores = await run.read(run.topic(settings.topic_scores))
+        trends = await run.read(run.topic(settings.topic_trends))
     produced = {(r.partition, r.offset): r.timestamp_ms for r in reviews}
     to_score = []
     for s in scores:

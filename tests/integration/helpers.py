@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
+from stream.benchkafka import read_all
 from stream.workerproc import WorkerProcess, free_port
 
 
@@ -43,26 +42,9 @@ def start_worker(env: dict[str, str], log_path: Path) -> WorkerProcess:
 def read_topic(bootstrap: str, topic: str, *, partitions: int = 6,
                timeout_s: float = 10) -> list[tuple[int, bytes | None, bytes | None]]:
     """Every record of a topic, read_committed, as (partition, key, value)."""
-    async def run() -> list[tuple[int, bytes | None, bytes | None]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    isolation_level="read_committed")
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            out: list[tuple[int, bytes | None, bytes | None]] = []
-            deadline = time.monotonic() + timeout_s
-            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"could not read {topic} to its end")
-                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                    out += [(tp.partition, r.key, r.value) for r in records]
-            return out
-        finally:
-            await consumer.stop()
-    return asyncio.run(run())
+    records = asyncio.run(read_all(bootstrap, topic, partitions=partitions,
+                                   timeout_s=timeout_s))
+    return [(r.partition, r.key, r.value) for r in records]
 
 
 def process_records(env: dict[str, str], records: list[tuple[bytes | None, bytes | None]],
