@@ -5,8 +5,10 @@ backtest and the tests pass :class:`DictStore`). For a record of partition ``p``
 
 1. a review_id seen before is skipped (same content) or dead-lettered
    (``duplicate_conflict``), whether or not its day has closed since (a redelivery after a
-   crash is not late); else a review whose day is already closed on ``p`` is
-   dead-lettered as ``late``; otherwise it is added to its product's window;
+   crash is not late); else a review whose day is already closed on ``p`` is skipped
+   as a redelivery when its input offset was applied before (its bucket has left the
+   window since), else dead-lettered as ``late``; otherwise it is added to its
+   product's window;
 2. the partition's stream time advances; when that closes days, every product of
    ``p`` is evaluated at each newly closed day (so idle products can turn falling),
    and each state change becomes a TrendChange. A product with no review in its window
@@ -16,7 +18,8 @@ A tick (the worker's own idle-time record) only advances stream time.
 
 Writes are buffered: states and clocks changed by the records of one micro-batch are
 written to the stores once each by :meth:`Aggregator.flush` (one table write per product
-per batch, however many of its reviews the batch held). Decoded states are cached for at
+per batch, however many of its reviews the batch held); the worker writes states, waits
+for them, then clocks (README, "Processing guarantees"). Decoded states are cached for at
 most ``cache_size`` products; the stores hold the compact encoded records.
 """
 
@@ -121,19 +124,31 @@ class Aggregator:
         known = self._state(score.product_id)
         if known is not None and known.has(score.review_id):
             # a redelivery (at-least-once, e.g. after a crash) is a duplicate, even when its
-            # day has closed since: the first delivery was counted
+            # day has closed since: the first delivery was counted. It still moves stream
+            # time as its first delivery did, so days close at the same reviews as in a
+            # run without the crash (the clock may have been written before it crashed).
             self._add(partition, score, result, known)
+            if result.is_duplicate:
+                out = self._advance(partition, clock, score.ts_ms)
+                result.changes, result.alerts = out.changes, out.alerts
             return result
         if not 0 <= day_of(score.ts_ms) <= MAX_DAY:  # a record not from our parser
             result.rejected = Rejected("ts_out_of_range", f"ts {score.ts} is outside the "
                                        "days a state can hold", score)
             return result
         if clock.is_late(score.ts_ms):
+            if clock.was_applied(score.source_offset):
+                # redelivered after its bucket left the window (a crash long before the
+                # next commit): counted the first time, so a duplicate, not late
+                result.is_duplicate = True
+                return result
             detail = (f"day {score.ts.date()} already closed on partition {partition} "
                       f"(closed through day {clock.closed_through_day})")
             result.rejected = Rejected("late", detail, score)
             return result
         self._add(partition, score, result, known)
+        if result.is_accepted:
+            clock.applied(score.source_offset)
         out = self._advance(partition, clock, score.ts_ms)
         result.changes, result.alerts = out.changes, out.alerts
         return result
@@ -145,6 +160,14 @@ class Aggregator:
 
     def flush(self) -> int:
         """Write every state and clock changed since the last flush, once; return writes."""
+        return self.flush_states() + self.flush_clocks()
+
+    def flush_states(self) -> int:
+        """Write the changed product states (and expiries); return writes.
+
+        The worker waits for these to be delivered before :meth:`flush_clocks`: a clock
+        that is ahead of its products' states would make a redelivered review late.
+        """
         writes = 0
         for product_id in self._dirty:
             state = self._states[product_id]
@@ -153,14 +176,18 @@ class Aggregator:
         for product_id, partition in self._expired.items():
             self.windows.delete(partition, product_id)
             writes += 1
-        for partition in self._dirty_clocks:
-            self.clocks.put(partition, str(partition), self._clocks[partition].to_bytes())
-            writes += 1
         self._dirty.clear()
         self._expired.clear()
-        self._dirty_clocks.clear()
         while len(self._states) > self.cache_size:
             self._states.popitem(last=False)
+        return writes
+
+    def flush_clocks(self) -> int:
+        """Write the changed partition clocks; return writes."""
+        for partition in self._dirty_clocks:
+            self.clocks.put(partition, str(partition), self._clocks[partition].to_bytes())
+        writes = len(self._dirty_clocks)
+        self._dirty_clocks.clear()
         return writes
 
     def _add(self, partition: int, score: ReviewScore, result: StepResult,

@@ -225,14 +225,25 @@ def _read_text(raw: bytes, pos: int) -> tuple[str | None, int]:
 
 @dataclass(slots=True)
 class PartitionClock:
-    """Stream time of one partition: max event time seen, and the last closed day."""
+    """Stream time of one partition: max event time seen, the last closed day, and the
+    highest input offset the aggregator has applied on it."""
 
     stream_time_ms: int | None = None
     closed_through_day: int | None = None
+    applied_offset: int | None = None
 
     def is_late(self, ts_ms: int) -> bool:
         """True when the event's day was already closed (evaluated)."""
         return self.closed_through_day is not None and day_of(ts_ms) <= self.closed_through_day
+
+    def was_applied(self, source_offset: int) -> bool:
+        """True when a record at this input offset (of this partition) was applied before:
+        a redelivery after a crash, not a late event."""
+        return self.applied_offset is not None and source_offset <= self.applied_offset
+
+    def applied(self, source_offset: int) -> None:
+        if self.applied_offset is None or source_offset > self.applied_offset:
+            self.applied_offset = source_offset
 
     def advance(self, ts_ms: int, *, allowed_lateness_ms: int) -> int | None:
         """Move stream time forward; return the new last closed day if it moved, else None."""
@@ -246,12 +257,13 @@ class PartitionClock:
         return closed
 
     def to_bytes(self) -> bytes:
-        return json.dumps([self.stream_time_ms, self.closed_through_day]).encode()
+        return json.dumps([self.stream_time_ms, self.closed_through_day,
+                           self.applied_offset]).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> PartitionClock:
-        stream_time_ms, closed = json.loads(raw)
-        return cls(stream_time_ms=stream_time_ms, closed_through_day=closed)
+        fields = json.loads(raw)  # two fields before the applied offset was kept
+        return cls(*fields)
 
 
 def day_start_ms(day: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 from stream.aggregation import Aggregator, DictStore
@@ -11,13 +12,17 @@ from stream.windows import ProductState
 
 START = datetime(2017, 1, 1, tzinfo=UTC)
 DAY_MS = 86_400_000
+_OFFSETS = itertools.count()
 
 
-def _score(pid: str, day: int, i: int = 0, *, sha: str = "h") -> ReviewScore:
+def _score(pid: str, day: int, i: int = 0, *, sha: str = "h",
+           offset: int | None = None) -> ReviewScore:
+    """A scored review; each call is a new input record (next offset) unless told."""
     return ReviewScore(review_id=f"{pid}-{day}-{i}", product_id=pid,
                        ts=START + timedelta(days=day, hours=12), score=0.5, is_text_used=True,
                        unk_ratio=0.0, n_tokens=10, is_truncated=False, rating=4.0,
-                       content_sha256=sha, model_id="m", source_partition=0, source_offset=0)
+                       content_sha256=sha, model_id="m", source_partition=0,
+                       source_offset=next(_OFFSETS) if offset is None else offset)
 
 
 def day_of_ts(day: int) -> int:
@@ -49,6 +54,39 @@ def test_redelivery_after_its_day_closed_is_a_duplicate_not_late() -> None:
     assert again.is_duplicate and again.rejected is None
     conflict = agg.on_score(0, _score("a", 10, sha="other"))
     assert conflict.rejected is not None and conflict.rejected.reason == "duplicate_conflict"
+
+
+def test_redelivery_whose_bucket_left_the_window_is_a_duplicate_by_offset() -> None:
+    """A crash long before the next commit: the redelivered review's bucket was evicted, so
+    its id is forgotten; its input offset was applied, so it is a duplicate, not late. A
+    new record (a later offset) for that closed day is still late."""
+    agg = _aggregator()
+    first = _score("a", 10, offset=5)
+    assert agg.on_score(0, first).is_accepted
+    assert agg.on_score(0, _score("a", 400, offset=6)).is_accepted  # evicts day 10
+    assert not agg._state("a").has(first.review_id)
+    again = agg.on_score(0, first)
+    assert again.is_duplicate and again.rejected is None
+    fresh = agg.on_score(0, _score("a", 10, 1, offset=7))
+    assert fresh.rejected is not None and fresh.rejected.reason == "late"
+
+
+def test_a_duplicate_moves_stream_time_as_its_first_delivery_did() -> None:
+    """States written, clock not (a crash between the two): the redelivered reviews close
+    the same days as the first time, so the trend calls come at the same reviews."""
+    windows, clocks = DictStore(), DictStore()
+    agg = Aggregator(params=DetectorParams(), model_id="m", allowed_lateness_ms=0,
+                     evidence_k=3, windows=windows, clocks=clocks)
+    batch = [_score("a", d, i) for d in range(30) for i in range(3)]
+    for s in batch:
+        agg.on_score(0, s)
+    agg.flush_states()  # the crash comes before flush_clocks
+    closed_before = agg._clock(0).closed_through_day
+    restarted = Aggregator(params=DetectorParams(), model_id="m", allowed_lateness_ms=0,
+                           evidence_k=3, windows=windows, clocks=clocks)
+    results = [restarted.on_score(0, s) for s in batch]
+    assert all(r.is_duplicate for r in results)
+    assert restarted._clock(0).closed_through_day == closed_before == day_of_ts(28)
 
 
 def test_duplicate_skipped_and_conflict_rejected() -> None:
