@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.errors import SettingsError
@@ -26,6 +26,22 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, "
                                  "comma separated; the one setting that points at a cluster")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every client of the worker and the tools talks to "
+        "the brokers (README, \"Security\")")
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_* protocols)")
+    sasl_username: str | None = Field(None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (prefer "
+                                            "SASL_PASSWORD_FILE; never logged)")
+    sasl_password_file: Path | None = Field(None, description="file holding the SASL "
+                                            "password (e.g. a mounted Kubernetes secret)")
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' "
+                                    "certificates (SSL, SASL_SSL); default: the system's")
+    ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    ssl_keyfile: Path | None = Field(None, description="client private key (mutual TLS)")
+    ssl_check_hostname: bool = Field(True, description="check that a broker's certificate "
+                                     "names the host it was reached at")
     app_id: str = Field("trendstream", description="Faust app id: consumer group and "
                         "changelog-topic prefix")
     topic_prefix: str = Field("", description="prefix for every topic name (e.g. 'demo.')")
@@ -43,6 +59,18 @@ class Settings(BaseSettings):
                                     "topics")
     topic_retention_ms: int = Field(-1, ge=-1, description="retention.ms of created topics; "
                                     "-1 keeps replayed history forever")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="at_least_once: outputs may repeat after a crash, as "
+        "exact copies with the same ids (README, \"Processing guarantees\"); exactly_once: "
+        "Kafka transactions, consumers read with isolation.level=read_committed")
+    check_input_gaps: bool = Field(True, description="stop the worker when faust skips "
+                                   "input offsets (a faust bug after table recovery; the "
+                                   "restart reads them in order); off for input written by "
+                                   "transactional producers that abort")
+    group_instance_id: str | None = Field(None, max_length=249, description="static group "
+                                          "membership (e.g. the pod name of a StatefulSet): "
+                                          "a restarted worker takes its partitions back "
+                                          "without a rebalance; unique per replica")
     broker_session_timeout_s: float = Field(10.0, gt=0, le=300, description="consumer group "
                                             "session timeout")
     # Model and scoring
@@ -103,6 +131,11 @@ class Settings(BaseSettings):
                                           "alert")
     evidence_top_k: int = Field(5, ge=0, le=100, description="review_ids kept as evidence in a "
                                 "TrendChange")
+    chaos_score_delay_s: float = Field(0.0, ge=0, le=60, description="testing only (make "
+                                       "chaos): sleep this long in each of the first "
+                                       "chaos_slow_batches micro-batches")
+    chaos_slow_batches: int = Field(0, ge=0, description="testing only: how many micro-batches "
+                                    "chaos_score_delay_s slows")
     # Web
     web_host: str = Field("127.0.0.1", description="bind address of the worker's web pages")
     web_port: int = Field(6066, ge=0, le=65535, description="port of the worker's web pages "
@@ -121,6 +154,29 @@ class Settings(BaseSettings):
             msg = "fall_exit_ratio must be >= fall_enter_ratio; set TRENDSTREAM_FALL_EXIT_RATIO"
             raise ValueError(msg)
         return self
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        if self.security_protocol.startswith("SASL_"):
+            if not self.sasl_username:
+                raise ValueError("a SASL protocol needs TRENDSTREAM_SASL_USERNAME")
+            if (self.sasl_password is None) == (self.sasl_password_file is None):
+                msg = ("a SASL protocol needs exactly one of TRENDSTREAM_SASL_PASSWORD and "
+                       "TRENDSTREAM_SASL_PASSWORD_FILE")
+                raise ValueError(msg)
+        for name in ("sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"TRENDSTREAM_{name.upper()}: no file {path}")
+        return self
+
+    def sasl_secret(self) -> str | None:
+        """The SASL password, from the setting or its file (read when a client is made)."""
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text().strip()
+        return None
 
     def topic(self, name: str) -> str:
         """Full topic name with the configured prefix."""
@@ -143,6 +199,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings kwargs
     except ValidationError as exc:
         lines = [f"TRENDSTREAM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                 if e["loc"] else e["msg"].removeprefix("Value error, ")
                  for e in exc.errors(include_url=False)]
         msg = "invalid settings:\n  " + "\n  ".join(lines)
         raise SettingsError(msg) from exc

@@ -24,6 +24,7 @@ class Stats:
     dead_lettered: Counter[str] = field(default_factory=Counter)
     trend_events: Counter[str] = field(default_factory=Counter)
     alerts: int = 0
+    in_flight: int = 0  # micro-batches being scored or sent right now
 
     def on_batch(self, *, consumed: int, scored: int, dead: list[DeadLetter],
                  unknown_fields: int, seconds: float) -> None:
@@ -52,4 +53,5 @@ class Stats:
                 "dead_lettered": dict(self.dead_lettered), "alerts": self.alerts,
                 "dead_lettered_total": sum(self.dead_lettered.values()),
                 "trend_events": dict(self.trend_events),
-                "trend_events_total": sum(self.trend_events.values())}
+                "trend_events_total": sum(self.trend_events.values()),
+                "in_flight_batches": self.in_flight}

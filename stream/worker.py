@@ -12,7 +12,7 @@ from stream.app import Pipeline, build_app
 from stream.errors import StreamError
 from stream.inference import Scorer
 from stream.settings import Settings
-from stream.topics import ensure_topics
+from stream.topics import ensure_topics, seed_offsets
 from stream.trends import detector_params
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def run_worker(settings: Settings, *, naive_scoring: bool = False) -> None:
     pipeline = make_pipeline(settings)
     try:
         asyncio.run(asyncio.wait_for(ensure_topics(settings), timeout=BROKER_TIMEOUT_S))
+        asyncio.run(asyncio.wait_for(seed_offsets(settings), timeout=BROKER_TIMEOUT_S))
     except (KafkaError, OSError, TimeoutError) as exc:
         msg = (f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}: "
                f"{exc}; the worker waits at most {BROKER_TIMEOUT_S:.0f} s): check "
