@@ -90,12 +90,13 @@ def env_of(settings: Settings) -> dict[str, str]:
     return env
 
 
-async def read_all(bootstrap: str, topic: str, *, partitions: int,
-                   timeout_s: float = 60) -> list[Stored]:
-    """Every record of a topic (read_committed), with partition, offset and timestamp."""
+async def read_all(bootstrap: str, topic: str, *, partitions: int, timeout_s: float = 60,
+                   client: dict[str, Any] | None = None) -> list[Stored]:
+    """Every record of a topic (read_committed), with partition, offset and timestamp;
+    ``client``: security options (stream.kafkaconf.client_options)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 isolation_level="read_committed",
-                                max_partition_fetch_bytes=8 << 20)
+                                max_partition_fetch_bytes=8 << 20, **(client or {}))
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]

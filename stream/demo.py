@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stream.artifact import Manifest, read_manifest
 from stream.errors import StreamError
 from stream.events import TrendChange
+from stream.kafkaconf import client_options
 from stream.replay import replay
 from stream.reviewfile import read_products
 from stream.settings import REPO_ROOT, Settings
@@ -57,7 +58,7 @@ async def _follow_trends(settings: Settings, sink: list[TrendChange],
     topic = settings.topic(settings.topic_trends)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                isolation_level="read_committed")
+                                isolation_level="read_committed", **client_options(settings))
     await consumer.start()
     try:
         consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])

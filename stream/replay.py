@@ -14,6 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from stream.kafkaconf import client_options
 from stream.reviewfile import iter_records
 from stream.settings import Settings
 
@@ -97,7 +98,8 @@ async def produce(settings: Settings, records: list[Record], *, topic: str,
     """Send every record (acks=all, idempotent), optionally paced; flush before returning."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
                                 enable_idempotence=True, linger_ms=20,
-                                max_request_size=max(1_048_576, settings.max_event_bytes * 2))
+                                max_request_size=max(1_048_576, settings.max_event_bytes * 2),
+                                **client_options(settings))
     await producer.start()
     try:
         started = time.monotonic()

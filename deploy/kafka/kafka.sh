@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Local single-node Apache Kafka (KRaft, broker+controller) from Maven Central jars.
 #   kafka.sh fetch                              download jars into .kafka/lib (once)
-#   kafka.sh up [--data-dir D] [--run-dir R]    start (or reuse) a broker; prints bootstrap last
+#   kafka.sh up [--data-dir D] [--run-dir R] [--secure C]
+#                                               start (or reuse) a broker; prints bootstrap last.
+#                                               --secure C adds a SASL_SSL (SCRAM) listener:
+#                                               C/server.pem (PKCS#8 key + certificate chain)
+#                                               and C/scram.users ("user password" lines, read
+#                                               when the data dir is formatted); its address
+#                                               goes to R/secure_bootstrap
 #   kafka.sh down [--run-dir R]                 stop the broker recorded in R
 #   kafka.sh status [--run-dir R]               exit 0 if running, 3 if not
 # With TRENDSTREAM_KAFKA_BOOTSTRAP set, up only checks that cluster and down does nothing.
@@ -17,6 +23,7 @@ if [[ -z ${PYTHON:-} ]]; then
   [[ -x $PYTHON ]] || PYTHON=python3
 fi
 EXTERNAL="${TRENDSTREAM_KAFKA_BOOTSTRAP:-}"
+SECURE=""
 
 say() { echo "kafka.sh: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -56,14 +63,21 @@ running_pid() {
   is_our_broker "$pid" && echo "$pid"
 }
 
-write_config() { # port cport
+write_config() { # port cport [sport]
+  local listeners="PLAINTEXT://127.0.0.1:$1,CONTROLLER://127.0.0.1:$2"
+  local advertised="PLAINTEXT://127.0.0.1:$1" map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [[ -n $SECURE ]]; then
+    listeners+=",SASL_SSL://127.0.0.1:$3"
+    advertised+=",SASL_SSL://127.0.0.1:$3"
+    map+=",SASL_SSL:SASL_SSL"
+  fi
   cat >"$RUN/server.properties" <<CFG
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$2
-listeners=PLAINTEXT://127.0.0.1:$1,CONTROLLER://127.0.0.1:$2
-advertised.listeners=PLAINTEXT://127.0.0.1:$1
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=$map
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$DATA/logs
@@ -79,6 +93,24 @@ share.coordinator.state.topic.min.isr=1
 offsets.topic.num.partitions=6
 transaction.state.log.num.partitions=6
 CFG
+  if [[ -n $SECURE ]]; then
+    cat >>"$RUN/server.properties" <<CFG
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$SECURE/server.pem
+CFG
+  fi
+}
+
+scram_args() { # --add-scram arguments for StorageTool format, from $SECURE/scram.users
+  local user password
+  while read -r user password; do
+    [[ -n $user ]] || continue
+    printf -- '--add-scram\0SCRAM-SHA-512=[name=%s,password=%s]\0' "$user" "$password"
+    printf -- '--add-scram\0SCRAM-SHA-256=[name=%s,password=%s]\0' "$user" "$password"
+  done <"$SECURE/scram.users"
 }
 
 cmd_up() {
@@ -103,19 +135,21 @@ cmd_up() {
   flock -n 8 || die "data dir $DATA is in use by another broker (see its run dir)"
   # A restart must come back on the same ports: clients and the KRaft quorum remember them.
   if [[ -f $DATA/logs/meta.properties && -f $DATA/ports ]]; then
-    read -r port cport <"$DATA/ports"
+    read -r port cport sport <"$DATA/ports"
   else
-    read -r port cport < <("$PYTHON" -c '
+    read -r port cport sport < <("$PYTHON" -c '
 import socket
-socks = [socket.socket() for _ in range(2)]
+socks = [socket.socket() for _ in range(3)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
-    echo "$port $cport" >"$DATA/ports"
+    echo "$port $cport $sport" >"$DATA/ports"
   fi
-  write_config "$port" "$cport"
+  write_config "$port" "$cport" "$sport"
   if [[ ! -f $DATA/logs/meta.properties ]]; then
+    local extra=()
+    [[ -n $SECURE ]] && mapfile -d '' extra < <(scram_args)
     java_run kafka.tools.StorageTool format -c "$RUN/server.properties" \
-      -t "$(java_run kafka.tools.StorageTool random-uuid)" >&2
+      -t "$(java_run kafka.tools.StorageTool random-uuid)" "${extra[@]}" >&2
   fi
   rm -f "$RUN/bootstrap"
   # setsid: the broker lives until `down`, not until the caller's terminal or process group dies.
@@ -132,6 +166,7 @@ print(*(s.getsockname()[1] for s in socks))')
     cmd_down
     die "broker did not become ready (logs in $RUN)"
   fi
+  if [[ -n $SECURE ]]; then echo "127.0.0.1:$sport" >"$RUN/secure_bootstrap"; fi
   echo "127.0.0.1:$port" | tee "$RUN/bootstrap"
 }
 
@@ -173,6 +208,7 @@ while (($#)); do
   case $1 in
     --data-dir) DATA="$(realpath -m "$2")"; shift 2 ;;
     --run-dir) RUN="$(realpath -m "$2")"; shift 2 ;;
+    --secure) SECURE="$(realpath -m "$2")"; shift 2 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
@@ -181,5 +217,5 @@ case $sub in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) sed -n '2,7p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
 esac

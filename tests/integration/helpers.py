@@ -39,11 +39,12 @@ def start_worker(env: dict[str, str], log_path: Path) -> WorkerProcess:
     return WorkerProcess({**os.environ, **env}, log_path)
 
 
-def read_topic(bootstrap: str, topic: str, *, partitions: int = 6,
-               timeout_s: float = 10) -> list[tuple[int, bytes | None, bytes | None]]:
+def read_topic(bootstrap: str, topic: str, *, partitions: int = 6, timeout_s: float = 10,
+               client: dict[str, Any] | None = None,
+               ) -> list[tuple[int, bytes | None, bytes | None]]:
     """Every record of a topic, read_committed, as (partition, key, value)."""
     records = asyncio.run(read_all(bootstrap, topic, partitions=partitions,
-                                   timeout_s=timeout_s))
+                                   timeout_s=timeout_s, client=client))
     return [(r.partition, r.key, r.value) for r in records]
 
 
