@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
@@ -52,6 +53,7 @@ REASONS: Final = (
     "bad_timestamp",
     "ts_out_of_range",
     "key_mismatch",
+    "control_characters",
     "late",
     "duplicate_conflict",
     "unscorable",
@@ -340,8 +342,19 @@ def _with_parsed_ts(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "ts": parsed}
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_IDENTIFIERS: Final = ("review_id", "product_id", "category", "source")
+
+
 def _check_semantics(event: ReviewEvent, *, key: bytes | None,
                      latest_ts: datetime | None) -> None:
+    # Identifiers become keys, log fields and file names: a control character there is
+    # refused. Texts keep theirs (real reviews hold the odd DEL; the tokenizer drops them).
+    for name in _IDENTIFIERS:
+        value = getattr(event, name)
+        if value is not None and (found := _CONTROL.search(value)):
+            msg = f"{name} holds control character U+{ord(found.group()):04X}"
+            raise EventError("control_characters", msg)
     if not event.text.strip():
         raise EventError("empty_text", "text is empty or whitespace")
     if event.ts < MIN_EVENT_TIME:
