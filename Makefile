@@ -8,7 +8,7 @@ EXTRAS ?= cpu,export,report,dev
 MODEL_DIR ?= models/default
 KAFKA := deploy/kafka/kafka.sh
 
-.PHONY: help venv model demo test test-unit test-integration lint eval backtest bench gpu-check kafka-up kafka-down kafka-status clean
+.PHONY: help venv model demo test test-unit test-integration lint eval backtest bench chaos gpu-check kafka-up kafka-down kafka-status clean
 
 help:
 	@echo "make demo   - the main job on bundled real reviews (starts Kafka, exports the model once)"
@@ -17,6 +17,7 @@ help:
 	@echo "make eval   - per-review evaluation of the model and every baseline (out/eval/)"
 	@echo "make backtest - product-level backtest on every bundled set and the Olist sales (out/backtest/)"
 	@echo "make bench  - throughput and latency, raw ONNX Runtime vs the worker (out/bench/)"
+	@echo "make chaos  - kill -9, rebalances, broker restart, slow consumer, SIGTERM, hostile input (out/chaos/)"
 	@echo "make gpu-check - on a CUDA machine: fp16 parity and GPU throughput (out/gpu/)"
 	@echo "make kafka-up / kafka-down - the local single-node Kafka broker"
 
@@ -63,6 +64,12 @@ backtest: $(STAMP) model
 # local broker unless one runs.
 bench: $(STAMP) model
 	PYTHON=$(PY) bash scripts/bench.sh --products 1000000 --out out/bench/bench.json $(BENCH_ARGS)
+
+# Crashes, restarts, rebalances, a broker restart, a slow consumer, SIGTERM and 10,000
+# hostile events against an undisturbed reference run, on its own local broker (about
+# 10 min; out/chaos/chaos.json). Exit 1 when a scenario fails.
+chaos: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m stream chaos --out out/chaos $(CHAOS_ARGS)
 
 # The GPU path (needs a CUDA GPU and onnxruntime-gpu; scripts/gpu-check.sh sets both up on
 # a bare GPU machine): fp16 parity, raw policies on CUDA, per-call throughput.

@@ -105,6 +105,30 @@ def _parser() -> argparse.ArgumentParser:
                    "CUDA is not offered (tests the check itself; same JSON keys)")
     sub.add_parser("export-fp16", help="add the fp16 variant to an exported model directory "
                    "(needs the export extra; `trendstream export-fp16 --help`)", add_help=False)
+    c = sub.add_parser("chaos", help="kill, restart, rebalance and starve real workers on a "
+                       "real broker; compare with an undisturbed run (writes JSON)")
+    c.add_argument("--reviews", type=int, default=20_000, help="reviews replayed per scenario "
+                   "(default %(default)s)")
+    c.add_argument("--data", type=Path, default=None, help="review file (default: the bundled "
+                   "Datafiniti set)")
+    c.add_argument("--seed", type=int, default=11)
+    c.add_argument("--only", action="append", default=None, help="run only this scenario "
+                   "(repeatable; the reference always runs)")
+    c.add_argument("--model", type=Path, default=None, help="model directory (default: a "
+                   "small model built once under --out)")
+    c.add_argument("--out", type=Path, default=Path("out/chaos"))
+    q = sub.add_parser("dlq", help="the dead-letter topic: `dlq summary`, `dlq redrive`")
+    qs = q.add_subparsers(dest="dlq_command", required=True)
+    qs.add_parser("summary", help="counts by reason and stage (JSON)")
+    qr = qs.add_parser("redrive", help="re-publish chosen dead letters' original records to "
+                       "the reviews topic, after a fix (stream/dlq.py)")
+    qr.add_argument("--reason", action="append", default=[], help="only this reason "
+                    "(repeatable)")
+    qr.add_argument("--review-id", action="append", default=[], help="only this review_id "
+                    "(repeatable; known for aggregate-stage letters)")
+    qr.add_argument("--since", type=_iso, help="dead-lettered at or after this time")
+    qr.add_argument("--until", type=_iso, help="dead-lettered before this time")
+    qr.add_argument("--dry-run", action="store_true", help="count only, send nothing")
     t = sub.add_parser("settings", help="print the settings (or the README table)")
     t.add_argument("--markdown", action="store_true")
     return p
@@ -171,6 +195,25 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "gpu-check":
         return _gpu_check(args, settings)
+    if args.command == "chaos":
+        from stream.chaos import DEFAULT_DATA, run_chaos, table, write
+        summary = asyncio.run(run_chaos(settings, out=args.out, data=args.data or DEFAULT_DATA,
+                                        n_reviews=args.reviews, seed=args.seed, only=args.only,
+                                        model=args.model))
+        write(summary, args.out / "chaos.json")
+        print(table(summary))
+        print(f"wrote {args.out / 'chaos.json'}")
+        return 0 if summary["all_passed"] else 1
+    if args.command == "dlq":
+        from stream import dlq
+        if args.dlq_command == "summary":
+            print(json.dumps(asyncio.run(dlq.summary(settings))))
+            return 0
+        selection = dlq.Selection(reasons=frozenset(args.reason), since=args.since,
+                                  until=args.until, review_ids=frozenset(args.review_id))
+        report = asyncio.run(dlq.redrive(settings, selection, dry_run=args.dry_run))
+        print(json.dumps(report.as_dict()))
+        return 0
     if args.command == "settings":
         from stream.settingsdoc import describe
         print(describe(settings, markdown=args.markdown))
