@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterable
@@ -60,6 +61,37 @@ class Pipeline:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="score"))
     is_warm: bool = False
+
+
+@dataclass
+class StallWatch:
+    """Partitions with records waiting whose processed offset has not moved for ``after_s``.
+
+    faust 0.15 can stop delivering records to an agent after a restart with table
+    recovery while the partitions stay assigned (``make chaos``: 32 records consumed,
+    then none for minutes, lag 7,968). A worker that sees it exits (code 3) so the
+    orchestrator restarts it, as a liveness probe would.
+    """
+
+    after_s: float
+    since: dict[Any, tuple[int, float]] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.since.clear()
+
+    def stalled(self, waiting: dict[Any, tuple[int, int]], now: float) -> list[str]:
+        """``waiting``: tp -> (next offset to process, highwater); the stalled tps."""
+        found = []
+        for tp, (done, highwater) in waiting.items():
+            if done >= highwater:
+                self.since.pop(tp, None)
+                continue
+            last = self.since.get(tp)
+            if last is None or last[0] != done:
+                self.since[tp] = (done, now)
+            elif now - last[1] >= self.after_s:
+                found.append(f"{tp.topic}[{tp.partition}]@{done}<{highwater}")
+        return found
 
 
 class InputGapError(StreamError):
@@ -248,6 +280,31 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
                 if tp.topic == batches.get_topic_name():
                     await batches.send(key=TICK_KEY, value=tick_record(now_ms),
                                        partition=tp.partition)
+
+    if s.stall_exit_after_s > 0:
+        watch = StallWatch(after_s=s.stall_exit_after_s)
+
+        @app.timer(max(1.0, s.stall_exit_after_s / 6))
+        async def stall_check() -> None:
+            if app.in_recovery or not app.tables.recovery.completed.is_set():
+                watch.reset()
+                return
+            waiting = {}
+            for tp in app.consumer.assignment():
+                guard = {reviews.get_topic_name(): score_guard,
+                         batches.get_topic_name(): aggregate_guard}.get(tp.topic)
+                highwater = app.consumer.highwater(tp)
+                if guard is None or highwater is None or highwater < 0:
+                    continue
+                done = guard.expected.get((tp.topic, tp.partition)) or committed(tp) or 0
+                waiting[tp] = (done, highwater)
+            if stalled := watch.stalled(waiting, time.monotonic()):
+                log.error("stalled: %s have records waiting and no progress for %.0f s "
+                          "(a faust consumer stall); exiting for the orchestrator to "
+                          "restart the worker (at-least-once: nothing is lost)",
+                          stalled, s.stall_exit_after_s)
+                logging.shutdown()
+                os._exit(3)
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:

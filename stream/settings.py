@@ -67,6 +67,10 @@ class Settings(BaseSettings):
                                    "input offsets (a faust bug after table recovery; the "
                                    "restart reads them in order); off for input written by "
                                    "transactional producers that abort")
+    stall_exit_after_s: float = Field(45.0, ge=0, le=3600, description="exit (code 3) when "
+                                      "an assigned input partition has records waiting and "
+                                      "no progress for this long (a faust consumer stall; "
+                                      "the orchestrator restarts the worker); 0 = never")
     group_instance_id: str | None = Field(None, max_length=249, description="static group "
                                           "membership (e.g. the pod name of a StatefulSet): "
                                           "a restarted worker takes its partitions back "

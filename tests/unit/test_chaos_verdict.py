@@ -126,3 +126,18 @@ def test_every_hostile_score_stage_record_gets_the_reason_it_is_meant_to(rows: l
     assert len(at_limit) == 4 and all(len(v) == 8192 for v in at_limit)
     for value in at_limit:
         parse_review(value, key=None, max_event_bytes=8192)  # at the limit: good
+
+
+def test_the_stall_watch_flags_only_waiting_partitions_that_do_not_move() -> None:
+    from collections import namedtuple
+
+    from stream.app import StallWatch
+    tp = namedtuple("TP", "topic partition")
+    a, b, c = tp("reviews", 0), tp("reviews", 1), tp("reviews", 2)
+    watch = StallWatch(after_s=30)
+    assert watch.stalled({a: (5, 100), b: (7, 7), c: (0, 50)}, now=0) == []
+    assert watch.stalled({a: (5, 100), b: (7, 7), c: (10, 50)}, now=29) == []
+    # a: records waiting, offset unchanged for 31 s; b: caught up; c: moved at 29 s
+    assert watch.stalled({a: (5, 100), b: (7, 7), c: (10, 50)}, now=31) == ["reviews[0]@5<100"]
+    watch.reset()
+    assert watch.stalled({a: (5, 100)}, now=40) == []
