@@ -128,7 +128,7 @@ def test_every_hostile_score_stage_record_gets_the_reason_it_is_meant_to(rows: l
         parse_review(value, key=None, max_event_bytes=8192)  # at the limit: good
 
 
-def test_the_stall_watch_flags_only_waiting_partitions_that_do_not_move() -> None:
+def test_the_stall_watch_fires_only_when_no_partition_moves_and_records_wait() -> None:
     from collections import namedtuple
 
     from stream.app import StallWatch
@@ -136,8 +136,11 @@ def test_the_stall_watch_flags_only_waiting_partitions_that_do_not_move() -> Non
     a, b, c = tp("reviews", 0), tp("reviews", 1), tp("reviews", 2)
     watch = StallWatch(after_s=30)
     assert watch.stalled({a: (5, 100), b: (7, 7), c: (0, 50)}, now=0) == []
-    assert watch.stalled({a: (5, 100), b: (7, 7), c: (10, 50)}, now=29) == []
-    # a: records waiting, offset unchanged for 31 s; b: caught up; c: moved at 29 s
-    assert watch.stalled({a: (5, 100), b: (7, 7), c: (10, 50)}, now=31) == ["reviews[0]@5<100"]
+    assert watch.stalled({a: (5, 100), b: (7, 7), c: (10, 50)}, now=29) == []  # c moved
+    assert watch.stalled({a: (5, 100), b: (7, 7), c: (10, 50)}, now=31) == []  # a waits
+    assert watch.stalled({a: (5, 100), b: (7, 7), c: (10, 50)}, now=60) == [
+        "reviews[0]@5<100", "reviews[2]@10<50"]  # nothing moved for 31 s
+    caught_up = StallWatch(after_s=30)
+    assert caught_up.stalled({b: (7, 7)}, now=0) == caught_up.stalled({b: (7, 7)}, now=99) == []
     watch.reset()
-    assert watch.stalled({a: (5, 100)}, now=40) == []
+    assert watch.stalled({a: (5, 100)}, now=70) == []
