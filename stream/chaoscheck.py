@@ -95,8 +95,17 @@ class Outcome:
                 for pid, s in self.states.items()}
 
 
+def _brief(raw: bytes) -> str:
+    event = json.loads(raw)
+    return (f"{event.get('product_id')} {event.get('previous_state')}->"
+            f"{event.get('new_state')} {event.get('window_end')}")
+
+
 def _events(ref: dict[str, list[bytes]], run: dict[str, list[bytes]]) -> dict[str, Any]:
     return {"missing": len(ref.keys() - run.keys()), "unexpected": len(run.keys() - ref.keys()),
+            "examples": {"missing": sorted(_brief(ref[k][0]) for k in ref.keys() - run.keys())[:6],
+                         "unexpected": sorted(_brief(run[k][0])
+                                              for k in run.keys() - ref.keys())[:6]},
             "duplicated": sum(len(v) - 1 for v in run.values()),
             "identical": all(len(set(v)) == 1 for v in run.values()),
             "total": sum(len(v) for v in run.values())}
@@ -172,7 +181,8 @@ def compare(reference: Outcome, run: Outcome, *, input_ids: set[str],
                    "state_fields_differing": {k: v for k, v in fields.items()
                                               if k != "evaluation_progress"},
                    "evaluation_progress_differing": fields["evaluation_progress"],
-                   "dead_letter_reasons": dict(run.dead_reasons)},
+                   "dead_letter_reasons": dict(run.dead_reasons),
+                   "trend_event_examples": trends["examples"]},
     }
 
 

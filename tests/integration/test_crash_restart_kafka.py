@@ -61,7 +61,7 @@ def test_one_kill9_and_one_sigterm_lose_and_double_nothing(
 
     for name, (verdict, info) in asyncio.run(run()).items():
         assert info["scenario_check"], (name, info)
-        assert passed(verdict, exactly_once=False), (name, verdict)
+        assert passed(verdict, exactly_once=False), (name, verdict["detail"])
         assert verdict["reviews_lost"] == verdict["reviews_double_counted"] == 0
         if info["unplanned_restarts"]:  # only the faust work-arounds may stop it (README)
             logs = "".join(f.read_text(errors="replace") for f in tmp_path.glob(f"{name}-*.log"))
