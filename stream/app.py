@@ -284,6 +284,8 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
 
     if s.stall_exit_after_s > 0:
         watch = StallWatch(after_s=s.stall_exit_after_s)
+        guard_of = {reviews.get_topic_name(): score_guard,
+                    batches.get_topic_name(): aggregate_guard}
 
         @app.timer(max(1.0, s.stall_exit_after_s / 6))
         async def stall_check() -> None:
@@ -292,8 +294,7 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
                 return
             waiting = {}
             for tp in app.consumer.assignment():
-                guard = {reviews.get_topic_name(): score_guard,
-                         batches.get_topic_name(): aggregate_guard}.get(tp.topic)
+                guard = guard_of.get(tp.topic)
                 highwater = app.consumer.highwater(tp)
                 if guard is None or highwater is None or highwater < 0:
                     continue

@@ -116,7 +116,7 @@ class Probe:
         await self.consumer.stop()
         await self.admin.close()
 
-    def _tps(self, topic: str) -> list[TopicPartition]:
+    def tps(self, topic: str) -> list[TopicPartition]:
         return [TopicPartition(self.s.topic(topic), p) for p in range(self.s.partitions)]
 
     async def committed(self, topic: str) -> dict[int, int]:
@@ -129,7 +129,7 @@ class Probe:
 
     async def lag(self, topic: str) -> int:
         """Records past the group's committed offsets (control records included)."""
-        tps = self._tps(topic)
+        tps = self.tps(topic)
         end = await self.consumer.end_offsets(tps)
         done = await self.committed(topic)
         return sum(end[tp] - done.get(tp.partition, 0) for tp in tps)
@@ -137,7 +137,7 @@ class Probe:
     async def unprocessed(self, topic: str) -> int:
         """Data records past the committed offsets (read_committed: transaction markers,
         which a transactional producer leaves after its last record, do not count)."""
-        tps = self._tps(topic)
+        tps = self.tps(topic)
         done = await self.committed(topic)
         end = await self.consumer.end_offsets(tps)
         self.consumer.assign(tps)
@@ -412,7 +412,7 @@ async def _run_scenario(scenario: Scenario, base: Settings, broker: Broker,
         finally:
             watcher.cancel()
             await fleet.stop_all()
-    outcome = await _read_outcome(settings)
+    outcome = await read_outcome(settings)
     info = {"name": scenario.name, "guarantee": scenario.guarantee,
             "ready_after_s": max(fleet.ready_after_s), "ready_after_s_each": fleet.ready_after_s,
             "worker_starts": fleet.starts, "unplanned_restarts": fleet.unplanned_restarts,
@@ -448,7 +448,7 @@ async def _wait_done(ctx: Ctx, deadline: float) -> None:
 async def _stall_report(ctx: Ctx) -> str:
     """What a stalled run looks like: offsets, and the input offsets scored, as runs."""
     s = ctx.fleet.settings
-    tps = ctx.probe._tps(s.topic_reviews)
+    tps = ctx.probe.tps(s.topic_reviews)
     end = await ctx.probe.consumer.end_offsets(tps)
     committed = await ctx.probe.committed(s.topic_reviews)
     scores = await read_all(s.kafka_bootstrap, s.topic(s.topic_scores), partitions=s.partitions)
@@ -467,7 +467,8 @@ async def _stall_report(ctx: Ctx) -> str:
                                  if w.proc.poll() is None}})
 
 
-async def _read_outcome(settings: Settings) -> Outcome:
+async def read_outcome(settings: Settings) -> Outcome:
+    """A run's output topics and product-window changelog, read_committed."""
     async def read(topic: str) -> list[tuple[bytes | None, bytes | None]]:
         found = await read_all(settings.kafka_bootstrap, topic, partitions=settings.partitions,
                                timeout_s=120)

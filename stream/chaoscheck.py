@@ -120,19 +120,12 @@ def _signature(state: ProductState) -> tuple[Any, ...]:
 
 
 def compare(reference: Outcome, run: Outcome, *, input_ids: set[str],
-            expected_dead: Counter[str] | None = None,
-            own_products: str | None = None) -> dict[str, Any]:
+            expected_dead: Counter[str] | None = None) -> dict[str, Any]:
     """The chaos verdict of one run against the reference (see the module docstring).
 
     ``expected_dead``: dead letters the run must have on top of the reference's (hostile
-    input), counted as :class:`Outcome` counts them; ``own_products``: a product_id prefix
-    of products only the run has (left out of the state comparison).
+    input), counted as :class:`Outcome` counts them.
     """
-    if own_products:
-        run = Outcome(scored=run.scored, dead=run.dead, dead_reasons=run.dead_reasons,
-                      trends=run.trends, alerts=run.alerts,
-                      states={k: v for k, v in run.states.items()
-                              if not k.startswith(own_products)})
     ref_ids, run_ids = reference.state_ids(), run.state_ids()
     lost_state = extra_state = held_twice = 0
     for pid in ref_ids.keys() | run_ids.keys():

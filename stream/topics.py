@@ -91,7 +91,7 @@ async def delete_topics(settings: Settings, names: list[str]) -> None:
         await admin.close()
 
 
-async def seed_offsets(settings: Settings) -> dict[str, int]:
+async def seed_offsets(settings: Settings) -> None:
     """Commit the log start of every input partition the consumer group has no offset for.
 
     faust 0.15 starts fetching before it seeks the stream partitions to their committed
@@ -118,7 +118,7 @@ async def seed_offsets(settings: Settings) -> dict[str, int]:
         await admin.close()
     missing = [tp for tp in tps if tp not in known or known[tp].offset < 0]
     if not missing:
-        return {}
+        return
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                                 group_id=settings.app_id, enable_auto_commit=False,
                                 **client_options(settings))
@@ -129,8 +129,7 @@ async def seed_offsets(settings: Settings) -> dict[str, int]:
         await consumer.commit(start)
     except KafkaError as exc:
         log.info("offsets not seeded (%r): the group is active", exc)
-        return {}
+        return
     finally:
         await consumer.stop()
     log.info("seeded offsets of %d input partitions at their log start", len(missing))
-    return {f"{tp.topic}:{tp.partition}": off for tp, off in start.items()}

@@ -30,6 +30,11 @@ def make_pipeline(settings: Settings) -> Pipeline:
     return pipeline
 
 
+async def _prepare_kafka(settings: Settings) -> None:
+    await ensure_topics(settings)
+    await seed_offsets(settings)
+
+
 def run_worker(settings: Settings, *, naive_scoring: bool = False) -> None:
     """Run until SIGTERM/SIGINT; faust drains the agents and commits on the way out.
 
@@ -37,8 +42,7 @@ def run_worker(settings: Settings, *, naive_scoring: bool = False) -> None:
     """
     pipeline = make_pipeline(settings)
     try:
-        asyncio.run(asyncio.wait_for(ensure_topics(settings), timeout=BROKER_TIMEOUT_S))
-        asyncio.run(asyncio.wait_for(seed_offsets(settings), timeout=BROKER_TIMEOUT_S))
+        asyncio.run(asyncio.wait_for(_prepare_kafka(settings), timeout=BROKER_TIMEOUT_S))
     except (KafkaError, OSError, TimeoutError) as exc:
         msg = (f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}: "
                f"{exc}; the worker waits at most {BROKER_TIMEOUT_S:.0f} s): check "

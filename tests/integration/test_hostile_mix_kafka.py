@@ -3,13 +3,14 @@ ones giving exactly what they give alone (the cheap version of `make chaos`'s ho
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from stream.chaos import DEFAULT_DATA, chaos_rows
+from stream.chaos import DEFAULT_DATA, chaos_rows, read_outcome
 from stream.chaoscheck import Outcome, compare, passed
 from stream.events import DeadLetter
 from stream.hostile import hostile_plan
@@ -23,22 +24,13 @@ MAX_EVENT_BYTES = 16_384
 MAX_RAW_CHARS = 300
 
 
-def _outcome(bootstrap: str, settings: Settings) -> Outcome:
-    def read(topic: str) -> list[tuple[bytes | None, bytes | None]]:
-        return [(k, v) for _, k, v in read_topic(bootstrap, topic, timeout_s=30)]
-    return Outcome.read(scores=read(settings.topic("review-scores")),
-                        dead=read(settings.topic("reviews-dlq")),
-                        trends=read(settings.topic("trends")),
-                        alerts=read(settings.topic("trend-alerts")),
-                        changelog=read(f"{settings.app_id}-product-windows-changelog"))
-
-
-def _run(bootstrap: str, model: Path, records: list, log: Path) -> tuple[Outcome, dict]:
+def _run(bootstrap: str, model: Path, records: list, log: Path) -> tuple[Outcome, dict,
+                                                                         Settings]:
     env = unique_env(bootstrap, model, TRENDSTREAM_MAX_EVENT_BYTES=str(MAX_EVENT_BYTES),
                      TRENDSTREAM_DLQ_MAX_RAW_CHARS=str(MAX_RAW_CHARS))
     settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()})
     stats = process_records(env, records, log, timeout_s=240)
-    return _outcome(bootstrap, settings), stats
+    return asyncio.run(read_outcome(settings)), stats, settings
 
 
 def test_hostile_mix_dead_letters_every_bad_event_and_changes_nothing_else(
@@ -49,8 +41,9 @@ def test_hostile_mix_dead_letters_every_bad_event_and_changes_nothing_else(
                                             allowed_lateness_s=2 * 86_400,
                                             now=datetime.now(UTC), at_limit=3)
     assert sum(expected.reasons.values()) == 600 and len(expected.reasons) >= 15
-    reference, _ = _run(kafka_bootstrap, tiny_model_dir, clean, tmp_path / "reference.log")
-    run, stats = _run(kafka_bootstrap, tiny_model_dir, records, tmp_path / "hostile.log")
+    reference, _, _ = _run(kafka_bootstrap, tiny_model_dir, clean, tmp_path / "reference.log")
+    run, stats, settings = _run(kafka_bootstrap, tiny_model_dir, records,
+                                tmp_path / "hostile.log")
 
     assert run.dead_reasons == expected.reasons
     verdict = compare(reference, run, input_ids={str(r["review_id"]) for r in rows},
@@ -65,7 +58,7 @@ def test_hostile_mix_dead_letters_every_bad_event_and_changes_nothing_else(
     assert verdict["trend_events"] == sum(len(v) for v in reference.trends.values()) > 0
     # the raw value is kept truncated; its sha256 covers all of it
     letters = [DeadLetter.model_validate_json(v) for _, _, v in
-               read_topic(kafka_bootstrap, _dlq_topic(tmp_path / "hostile.log"))]
+               read_topic(kafka_bootstrap, settings.topic("reviews-dlq"))]
     assert max(len(d.raw_value or "") for d in letters) == MAX_RAW_CHARS
     produced = {hashlib.sha256(v or b"").hexdigest() for _, v in records}
     assert all(d.raw_sha256 in produced for d in letters if d.stage == "score" and d.raw_value)
@@ -74,11 +67,3 @@ def test_hostile_mix_dead_letters_every_bad_event_and_changes_nothing_else(
     assert stats["duplicates_skipped"] == expected.resent
     assert stats["unknown_fields"] == expected.unknown_fields
 
-
-def _dlq_topic(log: Path) -> str:
-    """The hostile run's DLQ topic, from the prefix its worker logged."""
-    for line in log.read_text().splitlines():
-        if "app_id=ts-test-" in line:
-            run = line.split("app_id=ts-test-")[1].split()[0]
-            return f"t{run}.reviews-dlq"
-    raise AssertionError("no app_id in the worker log")
