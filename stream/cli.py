@@ -131,6 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     qr.add_argument("--dry-run", action="store_true", help="count only, send nothing")
     t = sub.add_parser("settings", help="print the settings (or the README table)")
     t.add_argument("--markdown", action="store_true")
+    j = sub.add_parser("schemas", help="write the JSON Schemas of the events, generated from "
+                       "the code (README, \"Event contracts\")")
+    j.add_argument("--out", type=Path, default=Path("schemas"), help="(default %(default)s)")
+    j.add_argument("--check", action="store_true", help="write nothing; exit 1 when the "
+                   "files there differ from what the code generates")
     return p
 
 
@@ -218,7 +223,23 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from stream.settingsdoc import describe
         print(describe(settings, markdown=args.markdown))
         return 0
+    if args.command == "schemas":
+        return _schemas(args.out, check=args.check)
     raise AssertionError(args.command)
+
+
+def _schemas(out: Path, *, check: bool) -> int:
+    from stream import contracts
+
+    if not check:
+        for path in contracts.write_all(out):
+            print(f"wrote {path}")
+        return 0
+    if problems := contracts.differences(out):
+        print("\n".join(problems) + f"\nrun: trendstream schemas --out {out}", file=sys.stderr)
+        return 1
+    print(f"{out}: {len(contracts.contracts())} schemas up to date")
+    return 0
 
 
 def _gpu_check(args: argparse.Namespace, settings: Settings) -> int:

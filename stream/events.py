@@ -65,6 +65,7 @@ def _utc_iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_HEX32: Final = "^[0-9a-f]{32}$"  # the pattern of event_id and alert_id (JSON Schema only)
 UtcDatetime = Annotated[AwareDatetime, PlainSerializer(_utc_iso, return_type=str)]
 
 
@@ -96,15 +97,22 @@ class ReviewEvent(_Event):
 
     model_config = ConfigDict(frozen=True, strict=True, extra="allow")
 
-    schema_version: int = REVIEW_SCHEMA_VERSION
-    review_id: str = Field(min_length=1, max_length=256)
-    product_id: str = Field(min_length=1, max_length=256)
-    ts: UtcDatetime
-    text: str
-    rating: float | None = Field(default=None, ge=0, le=5)
-    title: str | None = None
-    source: str | None = None
-    category: str | None = Field(default=None, max_length=256)
+    schema_version: int = Field(REVIEW_SCHEMA_VERSION, description="1; a missing "
+                                "schema_version means 1")
+    review_id: str = Field(min_length=1, max_length=256, description="unique id of the "
+                           "review; a re-send with the same content is skipped, with other "
+                           "content dead-lettered (duplicate_conflict)")
+    product_id: str = Field(min_length=1, max_length=256, description="the product; also "
+                            "the record key (or no key)")
+    ts: UtcDatetime = Field(description="event time: when the review was written")
+    text: str = Field(description="the review text (not blank)")
+    rating: float | None = Field(default=None, ge=0, le=5, description="stars, 0 to 5")
+    title: str | None = Field(None, description="the review title; the model reads "
+                              "'title. text'")
+    source: str | None = Field(None, description="where the review comes from, e.g. "
+                               "'datafiniti:bestbuy.com'")
+    category: str | None = Field(default=None, max_length=256, description="product "
+                                 "category: picks the detector's seasonal profile")
 
     @property
     def ts_ms(self) -> int:
@@ -126,20 +134,23 @@ class ReviewScore(_Event):
     """One scored review on ``review-scores``: what the aggregator counts."""
 
     schema_version: int = SCORE_SCHEMA_VERSION
-    review_id: str
-    product_id: str
-    ts: UtcDatetime
+    review_id: str = Field(description="the ReviewEvent's review_id")
+    product_id: str = Field(description="the ReviewEvent's product_id (the record key)")
+    ts: UtcDatetime = Field(description="the review's event time")
     score: float = Field(ge=0, le=1, description="P(trend up) from the text model")
     is_text_used: bool = Field(description="False when the model cannot read the text")
     unk_ratio: float = Field(ge=0, le=1, description="share of [UNK] tokens")
-    n_tokens: int = Field(ge=0)
-    is_truncated: bool
-    rating: float | None = None
-    category: str | None = Field(default=None, max_length=256)
-    content_sha256: str
-    model_id: str
-    source_partition: int
-    source_offset: int
+    n_tokens: int = Field(ge=0, description="tokens of the text before truncation")
+    is_truncated: bool = Field(description="the text was cut to the model's max_length")
+    rating: float | None = Field(None, description="the ReviewEvent's rating")
+    category: str | None = Field(default=None, max_length=256,
+                                 description="the ReviewEvent's category")
+    content_sha256: str = Field(description="first 16 hex digits of the sha256 of what the "
+                                "review says (product_id, ts, title, text, rating)",
+                                json_schema_extra={"pattern": "^[0-9a-f]{16}$"})
+    model_id: str = Field(description="the model that scored it (the manifest's model_id)")
+    source_partition: int = Field(description="partition of the review on the input topic")
+    source_offset: int = Field(description="offset of the review on the input topic")
 
     @property
     def ts_ms(self) -> int:
@@ -149,17 +160,23 @@ class ReviewScore(_Event):
 class TrendSignals(_Event):
     """The numbers behind a trend call (see README, "Trend rule")."""
 
-    recent_count: int
-    baseline_count: int
-    recent_rate_per_day: float
-    baseline_rate_per_day: float
-    volume_ratio: float
-    mean_score_recent: float | None
-    mean_score_baseline: float | None
-    mean_rating_recent: float | None
-    mean_rating_baseline: float | None
+    recent_count: int = Field(description="reviews in the recent window (recent_days)")
+    baseline_count: int = Field(description="reviews in the baseline window before it")
+    recent_rate_per_day: float = Field(description="recent_count / recent_days")
+    baseline_rate_per_day: float = Field(description="baseline_count / baseline_days")
+    volume_ratio: float = Field(description="exp of the volume feature: the shrunk ratio "
+                                "of the two rates")
+    mean_score_recent: float | None = Field(description="mean text score of the recent "
+                                            "window's readable reviews; null: none")
+    mean_score_baseline: float | None = Field(description="mean text score of the baseline "
+                                              "window; null: none")
+    mean_rating_recent: float | None = Field(description="mean stars of the recent window; "
+                                             "null: no rating")
+    mean_rating_baseline: float | None = Field(description="mean stars of the baseline "
+                                               "window; null: no rating")
     trend_index: float = Field(description="predicted ln(volume next horizon / last horizon)")
-    days_since_last_review: int | None
+    days_since_last_review: int | None = Field(description="days from the last review to "
+                                               "the evaluated day; null: none in the window")
     features: dict[str, float] = Field(default_factory=dict,
                                        description="the detector's feature values")
 
@@ -168,17 +185,22 @@ class TrendChange(_Event):
     """A product's trend state changed; emitted on ``trends`` only on a change."""
 
     schema_version: int = TREND_SCHEMA_VERSION
-    event_id: str
-    product_id: str
-    previous_state: TrendState
-    new_state: TrendState
-    window_start: UtcDatetime
-    window_end: UtcDatetime
+    event_id: str = Field(description="deterministic id (32 hex digits of a sha256 over "
+                          "product_id, states, window_end, model_id, detector_version): "
+                          "deduplicate on it", json_schema_extra={"pattern": _HEX32})
+    product_id: str = Field(description="the product (the record key)")
+    previous_state: TrendState = Field(description="the state before this call")
+    new_state: TrendState = Field(description="the state from this call on")
+    window_start: UtcDatetime = Field(description="start of the evaluated window (baseline "
+                                      "and recent days)")
+    window_end: UtcDatetime = Field(description="end of the window, exclusive: the call is "
+                                    "made at the close of the UTC day before it")
     is_quiet: bool = Field(description="no reviews in the last quiet_days: the series went quiet")
     signals: TrendSignals
-    evidence_review_ids: list[str]
-    model_id: str
-    detector_version: str
+    evidence_review_ids: list[str] = Field(description="the recent reviews that weighed most "
+                                           "toward the new state (ties by review_id)")
+    model_id: str = Field(description="the model of the worker that made the call")
+    detector_version: str = Field(description="the trend detector's version (manifest)")
     predicted_fall: float = Field(0.0, description="the detector's predicted relative fall of "
                                   "review volume (0 = none, 1 = to zero); README, 'Trend rule'")
     is_sharp_drop: bool = Field(False, description="a falling call whose predicted_fall is at "
@@ -194,10 +216,12 @@ class SharpDropAlert(_Event):
     """
 
     schema_version: int = ALERT_SCHEMA_VERSION
-    alert_id: str
-    product_id: str
-    window_start: UtcDatetime
-    window_end: UtcDatetime
+    alert_id: str = Field(description="deterministic id (32 hex digits of a sha256 over "
+                          "'sharp-drop', product_id, window_end, model_id, detector_version): "
+                          "deduplicate on it", json_schema_extra={"pattern": _HEX32})
+    product_id: str = Field(description="the product (the record key)")
+    window_start: UtcDatetime = Field(description="start of the evaluated window")
+    window_end: UtcDatetime = Field(description="end of the window, exclusive")
     predicted_fall: float = Field(description="1 - exp(trend_index): the relative fall of "
                                   "review volume over the next horizon the detector expects")
     threshold: float = Field(description="the detector's sharp_drop_fall")
@@ -206,27 +230,30 @@ class SharpDropAlert(_Event):
                                            "falling (lowest text scores first; ties by id)")
     trend_event_id: str | None = Field(description="the TrendChange that entered falling, "
                                        "when it is the same evaluation")
-    model_id: str
-    detector_version: str
+    model_id: str = Field(description="the model of the worker that made the call")
+    detector_version: str = Field(description="the trend detector's version (manifest)")
 
 
 class DeadLetter(_Event):
     """A record that could not be processed, with enough context to redrive it."""
 
     schema_version: int = DEAD_LETTER_SCHEMA_VERSION
-    reason: str
-    detail: str
+    reason: str = Field(description="why, a stable code (README, \"Topics and event "
+                        "schemas\")")
+    detail: str = Field(description="what exactly, for people (at most 1000 characters)")
     stage: Literal["score", "aggregate"]
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
+    topic: str = Field(description="the topic of the record that failed")
+    partition: int = Field(description="its partition")
+    offset: int = Field(description="its offset")
+    key: str | None = Field(description="its key, decoded with backslash escapes")
     raw_value: str | None = Field(description="the raw value, decoded with backslash escapes, "
                                               "truncated")
-    raw_size_bytes: int
-    raw_sha256: str | None
-    review_id: str | None = None
-    dead_lettered_at: UtcDatetime
+    raw_size_bytes: int = Field(description="size of the whole raw value")
+    raw_sha256: str | None = Field(description="sha256 of the whole raw value (null for "
+                                   "a record without a value)",
+                                   json_schema_extra={"pattern": "^[0-9a-f]{64}$"})
+    review_id: str | None = Field(None, description="the review_id, when it is known")
+    dead_lettered_at: UtcDatetime = Field(description="when the worker dead-lettered it")
 
 
 def trend_event_id(*, product_id: str, previous_state: str, new_state: str,
