@@ -37,6 +37,7 @@ from mode import CrashingSupervisor
 from pydantic import TypeAdapter, ValidationError
 
 from stream.aggregation import TICK_KEY, Aggregator, StepResult, tick_record
+from stream.cloudevents import Binding
 from stream.errors import StreamError
 from stream.events import DeadLetter, ReviewScore, dead_letter
 from stream.inference import Scorer
@@ -207,12 +208,17 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
                             clocks=clock_store,
                             expire_after_days=s.state_expire_after_days)
 
+    cloud = Binding.from_settings(s) if s.cloudevents else None
+
     async def send_all(topic: faust.TopicT, items: list[tuple[str, bytes, int]], *,
                        wait: bool = True) -> None:
         # Every output goes to its input's partition (the key stays product_id): each
         # partition's outputs then belong to that partition's transaction in exactly-once
         # mode, and a review sent without a key still meets its product's state.
-        futures = [await topic.send(key=k.encode(), value=v, partition=p) for k, v, p in items]
+        name = topic.get_topic_name()
+        futures = [await topic.send(key=k.encode(), value=v, partition=p,
+                                    headers=cloud and cloud.headers(name, v))
+                   for k, v, p in items]
         if wait:
             await asyncio.gather(*futures)  # delivered (acks=all) before the batch is acked
 

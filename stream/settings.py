@@ -77,6 +77,10 @@ class Settings(BaseSettings):
                                           "without a rebalance; unique per replica")
     broker_session_timeout_s: float = Field(10.0, gt=0, le=300, description="consumer group "
                                             "session timeout")
+    cloudevents: bool = Field(False, description="CloudEvents 1.0 binary-mode headers "
+                              "(ce_id, ce_type, ce_source, ce_time, ...) on every record of "
+                              "review-scores, trends, trend-alerts and reviews-dlq (README, "
+                              "\"Event contracts\")")
     # Model and scoring
     model_dir: Path = Field(REPO_ROOT / "models" / "default", description="model directory "
                             "(manifest.json, model files, tokenizer)")
