@@ -48,6 +48,7 @@ class Stored:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -109,8 +110,8 @@ async def read_all(bootstrap: str, topic: str, *, partitions: int, timeout_s: fl
             if time.monotonic() > deadline:
                 raise StreamError(f"could not read {topic} to its end in {timeout_s:.0f} s")
             for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                out += [Stored(tp.partition, r.offset, r.timestamp, r.key, r.value)
-                        for r in records]
+                out += [Stored(tp.partition, r.offset, r.timestamp, r.key, r.value,
+                               tuple(r.headers or ())) for r in records]
         return out
     finally:
         await consumer.stop()

@@ -17,6 +17,7 @@ from stream.hostile import hostile_plan
 from stream.settings import Settings
 
 from .helpers import process_records, read_topic, unique_env
+from .schema_check import check_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +25,10 @@ MAX_EVENT_BYTES = 16_384
 MAX_RAW_CHARS = 300
 
 
-def _run(bootstrap: str, model: Path, records: list, log: Path) -> tuple[Outcome, dict,
-                                                                         Settings]:
+def _run(bootstrap: str, model: Path, records: list, log: Path,
+         **extra: str) -> tuple[Outcome, dict, Settings]:
     env = unique_env(bootstrap, model, TRENDSTREAM_MAX_EVENT_BYTES=str(MAX_EVENT_BYTES),
-                     TRENDSTREAM_DLQ_MAX_RAW_CHARS=str(MAX_RAW_CHARS))
+                     TRENDSTREAM_DLQ_MAX_RAW_CHARS=str(MAX_RAW_CHARS), **extra)
     settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()})
     stats = process_records(env, records, log, timeout_s=240)
     return asyncio.run(read_outcome(settings)), stats, settings
@@ -41,9 +42,10 @@ def test_hostile_mix_dead_letters_every_bad_event_and_changes_nothing_else(
                                             allowed_lateness_s=2 * 86_400,
                                             now=datetime.now(UTC), at_limit=3)
     assert sum(expected.reasons.values()) == 600 and len(expected.reasons) >= 15
-    reference, _, _ = _run(kafka_bootstrap, tiny_model_dir, clean, tmp_path / "reference.log")
+    reference, _, ref_settings = _run(kafka_bootstrap, tiny_model_dir, clean,
+                                      tmp_path / "reference.log")
     run, stats, settings = _run(kafka_bootstrap, tiny_model_dir, records,
-                                tmp_path / "hostile.log")
+                                tmp_path / "hostile.log", TRENDSTREAM_CLOUDEVENTS="true")
 
     assert run.dead_reasons == expected.reasons
     verdict = compare(reference, run, input_ids={str(r["review_id"]) for r in rows},
@@ -66,4 +68,12 @@ def test_hostile_mix_dead_letters_every_bad_event_and_changes_nothing_else(
     assert expected.at_limit_ids <= run.truncated_ids
     assert stats["duplicates_skipped"] == expected.resent
     assert stats["unknown_fields"] == expected.unknown_fields
-
+    # every record of both runs is valid against schemas/; CloudEvents headers only on
+    # the run that switched them on (README, "Event contracts")
+    checked = check_outputs(settings, cloudevents=True)
+    ref_checked = check_outputs(ref_settings, cloudevents=False)
+    assert checked["review-score"] == sum(run.scored.values())
+    assert ref_checked["review-score"] == sum(reference.scored.values())
+    assert checked["trend-change"] == ref_checked["trend-change"] > 0
+    assert checked["sharp-drop-alert"] == ref_checked["sharp-drop-alert"]
+    assert checked["dlq:score"] > 0 and checked["dlq:aggregate"] > 0
