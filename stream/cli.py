@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--out", type=Path, default=Path("schemas"), help="(default %(default)s)")
     j.add_argument("--check", action="store_true", help="write nothing; exit 1 when the "
                    "files there differ from what the code generates")
+    a = sub.add_parser("acls", help="print the kafka-acls.sh commands that grant the worker's "
+                       "principal what it needs (README, \"Event contracts\")")
+    a.add_argument("--principal", default="User:trendstream", help="(default %(default)s)")
     return p
 
 
@@ -225,6 +228,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "schemas":
         return _schemas(args.out, check=args.check)
+    if args.command == "acls":
+        from stream.acls import worker_acls
+        for acl in worker_acls(settings):
+            print(f"# {acl.why}\n{acl.command(args.principal)}")
+        return 0
     raise AssertionError(args.command)
 
 

@@ -7,7 +7,9 @@
 #                                               C/server.pem (PKCS#8 key + certificate chain)
 #                                               and C/scram.users ("user password" lines, read
 #                                               when the data dir is formatted); its address
-#                                               goes to R/secure_bootstrap
+#                                               goes to R/secure_bootstrap; lines of an
+#                                               optional C/broker.properties are appended
+#                                               to the broker's config (e.g. an authorizer)
 #   kafka.sh down [--run-dir R]                 stop the broker recorded in R
 #   kafka.sh status [--run-dir R]               exit 0 if running, 3 if not
 # With TRENDSTREAM_KAFKA_BOOTSTRAP set, up only checks that cluster and down does nothing.
@@ -101,6 +103,7 @@ listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.se
 listener.name.sasl_ssl.ssl.keystore.type=PEM
 listener.name.sasl_ssl.ssl.keystore.location=$SECURE/server.pem
 CFG
+    if [[ -f $SECURE/broker.properties ]]; then cat "$SECURE/broker.properties" >>"$RUN/server.properties"; fi
   fi
 }
 
@@ -217,5 +220,5 @@ case $sub in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac
