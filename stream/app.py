@@ -5,7 +5,8 @@
   in one executor thread, outputs delivered (acks=all) before the batch is acked. Each
   micro-batch also goes out as one record per input partition on the internal
   ``review-score-batches`` topic, on that same partition;
-* ``aggregate`` agent (review-score-batches -> trends, trend-alerts / reviews-dlq):
+* ``aggregate`` agent (review-score-batches -> trends, trend-alerts, trend-state /
+  reviews-dlq):
   takes those records in batches, updates the changelogged tables through
   :class:`TableStore` (one write per changed product per batch; faust's ``table[k] = v``
   inside ``take()`` would pick the wrong changelog partition, #497) and sends the
@@ -46,6 +47,7 @@ from stream.settings import Settings
 from stream.stats import Stats
 from stream.topics import CLOCKS_TABLE, WINDOWS_TABLE
 from stream.trends import DetectorParams
+from stream.trendstate import StateRecord, state_records
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,7 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
     trends = app.topic(s.topic(s.topic_trends), **raw)
     alerts = app.topic(s.topic(s.topic_alerts), **raw)
     dlq = app.topic(s.topic(s.topic_dlq), **raw)
+    trend_state = app.topic(s.topic(s.topic_trend_state), **raw)
     windows = app.Table(WINDOWS_TABLE, partitions=s.partitions, key_type=str,
                         value_type=bytes)  # raw bytes: our own compact encoding
     clocks = app.Table(CLOCKS_TABLE, partitions=s.partitions, key_type=str,
@@ -215,6 +218,12 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
         futures = [await topic.send(key=k.encode(), value=v, partition=p) for k, v, p in items]
         if wait:
             await asyncio.gather(*futures)  # delivered (acks=all) before the batch is acked
+
+    async def send_states(items: list[tuple[StateRecord, int]]) -> None:
+        futures = [await trend_state.send(key=r.product_id.encode(), value=r.value,
+                                          partition=p, headers=list(r.headers) or None)
+                   for r, p in items]
+        await asyncio.gather(*futures)
 
     async def score_and_send(events: list[faust.EventT], *, wait: bool = True) -> None:
         records = [RawRecord(e.message.topic, e.message.partition, e.message.offset,
@@ -254,20 +263,23 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
         async for events in stream.take_events(s.aggregate_batch_max_records,
                                                within=s.batch_max_wait_s):
             aggregate_guard.check(events)
-            changes, found, dead = [], [], []
+            changes, found, dead, states = [], [], [], []
             for event in events:
                 p = event.message.partition
                 for result, rejected in _aggregate_record(pipeline, aggregator, event):
                     changes += [(c.product_id, c.to_bytes(), p) for c in result.changes]
                     found += [(a.product_id, a.to_bytes(), p) for a in result.alerts]
                     dead += [(d.key or "", d.to_bytes(), d.partition) for d in rejected]
+                    states += [(r, p) for r in state_records(result)]
             # Order matters for a crash at any point (README, "Processing guarantees"):
             # outputs first, then the states that record them, then the clocks. A crash
             # before the states are written replays the batch and sends the same
-            # event_ids again; a clock is never ahead of its products' states.
+            # event_ids again; a clock is never ahead of its products' states. trend-state
+            # is an output: after the states, a crash would lose it (stream/trendstate.py).
             await send_all(trends, changes)
             await send_all(alerts, found)
             await send_all(dlq, dead)
+            await send_states(states)
             aggregator.flush_states()  # one changelog write per changed product
             await window_store.delivered()
             aggregator.flush_clocks()

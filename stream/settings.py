@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     topic_trends: str = Field("trends", description="trend changes (TrendChange)")
     topic_dlq: str = Field("reviews-dlq", description="dead letters (DeadLetter)")
     topic_alerts: str = Field("trend-alerts", description="sharp-drop alerts (SharpDropAlert)")
+    topic_trend_state: str = Field("trend-state", description="compacted: the latest trend "
+                                   "of every product (TrendState; README, \"Current state "
+                                   "for late joiners\")")
     partitions: int = Field(6, ge=1, le=1024, description="partitions of every topic the app "
                             "creates; the most worker replicas that share the load")
     replication_factor: int = Field(1, ge=1, le=16, description="replication factor of created "
