@@ -42,6 +42,7 @@ from stream.errors import StreamError
 from stream.events import DeadLetter, ReviewScore, dead_letter
 from stream.inference import Scorer
 from stream.kafkaconf import faust_credentials
+from stream.productpage import add_product_page
 from stream.scoring import RawRecord, prepare, score_prepared
 from stream.settings import Settings
 from stream.stats import Stats
@@ -156,6 +157,7 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
         consumer_auto_offset_reset="earliest", web_bind=settings.web_host,
         web_port=settings.web_port, web_host=settings.web_host, web_enabled=True,
+        canonical_url=settings.web_canonical_url,  # where other replicas reach /products
         table_cleanup_interval=3600.0, key_serializer="raw", value_serializer="raw",
         # Larger fetches feed the aggregate agent's big batches (measured: 6.5k -> 8.5k
         # scored reviews/s through the tables; faust's defaults are 1 MiB and unbounded).
@@ -332,6 +334,9 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
             guard.reset()
 
     _add_pages(app, pipeline)
+    add_product_page(app, windows, params=pipeline.params, model_id=pipeline.scorer.model_id,
+                     partitions=s.partitions,
+                     is_recovered=lambda: readiness(app, pipeline)["tables_recovered"])
     return app
 
 

@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="bind address of the worker's web pages")
     web_port: int = Field(6066, ge=0, le=65535, description="port of the worker's web pages "
                           "(/healthz, /readyz, /stats)")
+    web_canonical_url: str | None = Field(None, description="URL at which the other "
+                                          "replicas reach this worker's pages (/products "
+                                          "forwards there); default http://WEB_HOST:WEB_PORT. "
+                                          "Kubernetes: http://$(POD_IP):6066 with WEB_HOST "
+                                          "0.0.0.0")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log "
                                                                      "level")
 
