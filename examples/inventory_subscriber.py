@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from stream.events import TrendChange
 from stream.kafkaconf import client_options
 from stream.settings import Settings, load_settings
+from stream.topics import admin_client
 from stream.trendstate import Position, change_position, position_of
 
 FACTORS: Final = {"rising": 1.25, "stable": 1.0, "falling": 0.8}
@@ -169,15 +170,25 @@ class Subscriber:
                       settings.topic(settings.topic_trend_state): "trend-state"}
         self.crash_after_records = crash_after_records
         self.records_seen = 0
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-            enable_auto_commit=False, isolation_level="read_committed",
-            **client_options(settings))
+        self.consumer: AIOKafkaConsumer  # made in run(): aiokafka wants a running loop
+
+    async def partitions(self) -> list[TopicPartition]:
+        """Every partition of both topics (they must exist: the worker creates them)."""
+        admin = admin_client(self.settings)
+        await admin.start()
+        try:
+            described = await admin.describe_topics(list(self.kinds))
+        finally:
+            await admin.close()
+        missing = sorted(t["topic"] for t in described if t["error_code"] or not t["partitions"])
+        if missing:
+            raise SystemExit(f"topics {missing} do not exist: start the worker first")
+        return sorted(TopicPartition(t["topic"], p["partition"])
+                      for t in described for p in t["partitions"])
 
     async def start_positions(self) -> dict[TopicPartition, int]:
         """Stored offsets; on the first start: trends' end offsets, trend-state's start."""
-        tps = [TopicPartition(t, p) for t in self.kinds
-               for p in sorted(self.consumer.partitions_for_topic(t) or ())]
+        tps = await self.partitions()
         stored = {TopicPartition(t, p): o for t, p, o in self.db.execute(
             "SELECT topic, partition, next_offset FROM offsets")}
         trends = [tp for tp in tps if self.kinds[tp.topic] == "trends"]
@@ -195,12 +206,12 @@ class Subscriber:
         self.db.execute("COMMIT")
 
     async def run(self, *, until_caught_up: bool = False) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
+            enable_auto_commit=False, isolation_level="read_committed",
+            **client_options(self.settings))
         await self.consumer.start()
         try:
-            missing = set(self.kinds) - await self.consumer.topics()
-            if missing:
-                msg = f"topics {sorted(missing)} do not exist: start the worker first"
-                raise SystemExit(msg)
             start = await self.start_positions()
             self.consumer.assign(list(start))
             for tp, offset in start.items():
@@ -242,7 +253,8 @@ class Subscriber:
 
     async def _caught_up(self, tps: list[TopicPartition]) -> bool:
         ends = await self.consumer.end_offsets(tps)
-        return all(await self.consumer.position(tp) >= ends[tp] for tp in tps)
+        positions = [await self.consumer.position(tp) for tp in tps]
+        return all(position >= ends[tp] for tp, position in zip(tps, positions, strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:

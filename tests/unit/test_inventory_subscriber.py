@@ -7,7 +7,6 @@ import itertools
 import sqlite3
 import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import ModuleType
 
 from stream.aggregation import Aggregator, DictStore
