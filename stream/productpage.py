@@ -34,7 +34,7 @@ def add_product_page(app: faust.App, table: faust.Table, *, params: DetectorPara
     """Register ``GET /products/{product_id}`` on the app's web server."""
     changelog = table.changelog_topic.get_topic_name()
 
-    @app.page("/products/{product_id}")
+    @app.page("/products/{product_id:.+}")  # ids may hold "/" (sent raw or as %2F)
     async def product(web_view: Any, request: Any, product_id: str) -> Any:
         me = str(app.conf.canonical_url)
         partition = key_partition(product_id, partitions)

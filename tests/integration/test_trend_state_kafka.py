@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,8 +48,9 @@ VOLUME_SIGNALS = ("recent_count", "baseline_count", "recent_rate_per_day",
 Record = tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
-def _products() -> dict[str, tuple[int, list[tuple[int, int]]]]:
-    """Per product: its partition and (first day, reviews per day) runs, two per partition.
+def _products() -> dict[str, tuple[int, list[int]]]:
+    """Per product: its partition and its reviews per day from day 0; two per partition,
+    and one with an awkward id.
 
     launch (even partitions): 2/day for days 0-179, then silent: rises, settles, falls and
     is forgotten (100 days after its last review); steady: 1/day for days 0-399 (rises,
@@ -64,15 +66,17 @@ def _products() -> dict[str, tuple[int, list[tuple[int, int]]]]:
             break
     out = {}
     for p, (first, second) in ids.items():
-        out[first] = (p, [(0, 1)] * 400)
-        out[second] = (p, [(0, 2)] * 180 if p % 2 == 0 else [(0, 1)] * 360 + [(0, 4)] * 40)
+        out[first] = (p, [1] * 400)
+        out[second] = (p, [2] * 180 if p % 2 == 0 else [1] * 360 + [4] * 40)
+    odd = "sku/ü 1%"  # a "/", a space, a "%" and UTF-8 in an id: the page still finds it
+    out[odd] = (key_partition(odd, PARTITIONS), [1] * 400)
     return out
 
 
 def _reviews() -> list[dict[str, Any]]:
     rows = []
-    for pid, (_, runs) in _products().items():
-        for day, (_, per_day) in enumerate(runs):
+    for pid, (_, counts) in _products().items():
+        for day, per_day in enumerate(counts):
             rows += [{"review_id": f"{pid}-{day:03d}-{i}", "product_id": pid,
                       "ts": (START + timedelta(days=day, hours=12)).strftime(
                           "%Y-%m-%dT%H:%M:%SZ"),
@@ -154,6 +158,8 @@ async def _ends(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]
 
 
 def _get(url: str) -> tuple[int, dict[str, Any]]:
+    base, _, pid = url.partition("/products/")
+    url = f"{base}/products/{urllib.parse.quote(pid, safe='')}" if pid else url
     try:
         with urllib.request.urlopen(url, timeout=15) as resp:
             return resp.status, json.loads(resp.read())
