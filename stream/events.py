@@ -209,9 +209,9 @@ class TrendState(_Event):
     since: UtcDatetime = Field(description="window_end of the TrendChange that entered "
                                "the state (the call was made at the close of the day before)")
     last_event_id: str = Field(description="event_id of that TrendChange")
-    is_quiet: bool
-    predicted_fall: float
-    is_sharp_drop: bool
+    is_quiet: bool = Field(description="that TrendChange's is_quiet")
+    predicted_fall: float = Field(description="that TrendChange's predicted_fall")
+    is_sharp_drop: bool = Field(description="that TrendChange's is_sharp_drop")
     signals: TrendSignals = Field(description="the signals of that call")
     model_id: str
     detector_version: str
