@@ -31,13 +31,14 @@ from stream.errors import EventError
 REVIEW_SCHEMA_VERSION: Final = 1
 SCORE_SCHEMA_VERSION: Final = 1
 TREND_SCHEMA_VERSION: Final = 1
+TREND_STATE_SCHEMA_VERSION: Final = 1
 ALERT_SCHEMA_VERSION: Final = 1
 DEAD_LETTER_SCHEMA_VERSION: Final = 1
 
 MIN_EVENT_TIME: Final = datetime(1990, 1, 1, tzinfo=UTC)
 MS_PER_DAY: Final = 86_400_000
 
-TrendState = Literal["rising", "stable", "falling"]
+Trend = Literal["rising", "stable", "falling"]
 
 # Reason codes on the dead-letter topic. Stable strings: consumers filter on them.
 REASONS: Final = (
@@ -63,6 +64,11 @@ REASONS: Final = (
 
 def _utc_iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_iso(value: datetime) -> str:
+    """A time as every event writes it: ISO-8601 UTC with a ``Z`` (orders as text)."""
+    return _utc_iso(value)
 
 
 _HEX32: Final = "^[0-9a-f]{32}$"  # the pattern of event_id and alert_id (JSON Schema only)
@@ -189,8 +195,8 @@ class TrendChange(_Event):
                           "product_id, states, window_end, model_id, detector_version): "
                           "deduplicate on it", json_schema_extra={"pattern": _HEX32})
     product_id: str = Field(description="the product (the record key)")
-    previous_state: TrendState = Field(description="the state before this call")
-    new_state: TrendState = Field(description="the state from this call on")
+    previous_state: Trend = Field(description="the state before this call")
+    new_state: Trend = Field(description="the state from this call on")
     window_start: UtcDatetime = Field(description="start of the evaluated window (baseline "
                                       "and recent days)")
     window_end: UtcDatetime = Field(description="end of the window, exclusive: the call is "
@@ -205,6 +211,42 @@ class TrendChange(_Event):
                                   "review volume (0 = none, 1 = to zero); README, 'Trend rule'")
     is_sharp_drop: bool = Field(False, description="a falling call whose predicted_fall is at "
                                 "least the detector's sharp_drop_fall: also sent to trend-alerts")
+
+
+class TrendState(_Event):
+    """A product's current trend, on the compacted ``trend-state`` topic (key product_id).
+
+    Written with every TrendChange, after it (README, "Current state for late joiners"):
+    the latest record of a key is the product's current trend. A product with no record
+    has kept its first trend, stable; a tombstone (null value, header
+    ``trendstream-window-end``) says the worker forgot the product
+    (``state_expire_after_days``). ``since`` orders a product's records: it grows with
+    every change, and consumers keep the record with the latest one.
+    """
+
+    schema_version: int = TREND_STATE_SCHEMA_VERSION
+    product_id: str
+    state: Trend
+    previous_state: Trend
+    since: UtcDatetime = Field(description="window_end of the TrendChange that entered "
+                               "the state (the call was made at the close of the day before)")
+    last_event_id: str = Field(description="event_id of that TrendChange")
+    is_quiet: bool = Field(description="that TrendChange's is_quiet")
+    predicted_fall: float = Field(description="that TrendChange's predicted_fall")
+    is_sharp_drop: bool = Field(description="that TrendChange's is_sharp_drop")
+    signals: TrendSignals = Field(description="the signals of that call")
+    model_id: str
+    detector_version: str
+
+    @classmethod
+    def from_change(cls, change: TrendChange) -> TrendState:
+        """The state a TrendChange enters: the same input always gives the same record."""
+        return cls(product_id=change.product_id, state=change.new_state,
+                   previous_state=change.previous_state, since=change.window_end,
+                   last_event_id=change.event_id, is_quiet=change.is_quiet,
+                   predicted_fall=change.predicted_fall, is_sharp_drop=change.is_sharp_drop,
+                   signals=change.signals, model_id=change.model_id,
+                   detector_version=change.detector_version)
 
 
 class SharpDropAlert(_Event):
