@@ -55,8 +55,8 @@ def worker_acls(settings: Settings, *, exactly_once: bool | None = None) -> list
         ("TOPIC", t(settings.topic_score_batches), "LITERAL", ("READ", "WRITE"),
          "internal: scored micro-batches"),
         *[("TOPIC", t(name), "LITERAL", ("WRITE",), "an output") for name in (
-            settings.topic_scores, settings.topic_trends, settings.topic_alerts,
-            settings.topic_dlq)],
+            settings.topic_scores, settings.topic_trends, settings.topic_trend_state,
+            settings.topic_alerts, settings.topic_dlq)],
         ("TOPIC", f"{app}-", "PREFIXED", ("READ", "WRITE"), "faust's table changelogs "
          f"({app}-<table>-changelog) and its leader topic ({app}-__assignor-__leader)"),
         ("GROUP", app, "LITERAL", ("READ",), "the consumer group (commits, offsets)"),

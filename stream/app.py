@@ -364,8 +364,11 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
             await asyncio.gather(*futures)  # delivered (acks=all) before the batch is acked
 
     async def send_states(items: list[tuple[StateRecord, int]]) -> None:
+        name = trend_state.get_topic_name()
         futures = [await send(trend_state, r.product_id.encode(), r.value, p, source=batches,
-                              headers=list(r.headers) or None) for r, p in items]
+                              headers=[*r.headers, *(cloud.headers(name, r.value) or []
+                                                     if cloud else [])] or None)
+                   for r, p in items]
         await asyncio.gather(*futures)
 
     async def score_and_send(stream: faust.StreamT, events: list[faust.EventT], *,

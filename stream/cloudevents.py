@@ -1,22 +1,24 @@
 """CloudEvents 1.0 headers for output records (Kafka protocol binding, binary mode). Pure.
 
 With ``TRENDSTREAM_CLOUDEVENTS`` on, every record the worker writes to ``review-scores``,
-``trends``, ``trend-alerts`` and ``reviews-dlq`` carries the event's attributes as
-headers; the value stays the JSON record (the CloudEvent's data) and the key stays the
-product_id (the binding's partition key). README, "Event contracts":
+``trends``, ``trend-state`` (tombstones excepted), ``trend-alerts`` and ``reviews-dlq``
+carries the event's attributes as headers; the value stays the JSON record (the
+CloudEvent's data) and the key stays the product_id (the binding's partition key).
+README, "Event contracts":
 
 ============== =================================================================
 header         value
 ============== =================================================================
 ce_specversion ``1.0``
 ce_id          TrendChange: ``event_id``; SharpDropAlert: ``alert_id``;
+               TrendState: 32 hex digits of sha256("trend-state", last_event_id);
                ReviewScore: 32 hex digits of sha256(review_id, model_id);
                DeadLetter: 32 hex digits of sha256(topic, partition, offset, reason)
 ce_source      ``/trendstream/<app_id>``
 ce_type        ``io.trendstream.<what>.v<schema_version>``, e.g.
                ``io.trendstream.trend.changed.v1``
 ce_time        the event time, RFC 3339: the review's ``ts``, the window's
-               ``window_end``, or ``dead_lettered_at``
+               ``window_end``, a TrendState's ``since``, or ``dead_lettered_at``
 ce_dataschema  the contract's ``$id``, e.g. ``urn:trendstream:schema:trend-change:v1``
 content-type   ``application/json``
 ============== =================================================================
@@ -66,6 +68,8 @@ KINDS: Final[Mapping[str, Kind]] = {
     "review-score": Kind("review.scored", lambda v: digest(v["review_id"], v["model_id"]),
                          lambda v: v["ts"]),
     "trend-change": Kind("trend.changed", lambda v: v["event_id"], lambda v: v["window_end"]),
+    "trend-state": Kind("trend.state", lambda v: digest("trend-state", v["last_event_id"]),
+                        lambda v: v["since"]),
     "sharp-drop-alert": Kind("trend.sharp_drop", lambda v: v["alert_id"],
                              lambda v: v["window_end"]),
     "dead-letter": Kind("review.dead_lettered",
@@ -106,11 +110,15 @@ class Binding:
     @classmethod
     def from_settings(cls, settings: Settings) -> Binding:
         topics = {settings.topic_scores: "review-score", settings.topic_trends: "trend-change",
+                  settings.topic_trend_state: "trend-state",
                   settings.topic_alerts: "sharp-drop-alert", settings.topic_dlq: "dead-letter"}
         return cls(source=source_of(settings.app_id),
                    contracts={settings.topic(t): c for t, c in topics.items()})
 
-    def headers(self, topic: str, value: bytes) -> list[Header] | None:
-        """The headers of a record on ``topic``; None for a topic without a contract."""
+    def headers(self, topic: str, value: bytes | None) -> list[Header] | None:
+        """The headers of a record on ``topic``; None for a topic without a contract and
+        for a tombstone."""
         contract = self.contracts.get(topic)
-        return None if contract is None else headers(contract, value, source=self.source)
+        if contract is None or value is None:
+            return None
+        return headers(contract, value, source=self.source)

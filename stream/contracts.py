@@ -34,7 +34,14 @@ from typing import Any, Final
 from pydantic import BaseModel
 
 from stream import events
-from stream.events import DeadLetter, ReviewEvent, ReviewScore, SharpDropAlert, TrendChange
+from stream.events import (
+    DeadLetter,
+    ReviewEvent,
+    ReviewScore,
+    SharpDropAlert,
+    TrendChange,
+    TrendState,
+)
 
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 ID_PREFIX: Final = "urn:trendstream:schema:"
@@ -73,6 +80,8 @@ def contracts() -> list[Contract]:
         Contract("review-score", ReviewScore, events.SCORE_SCHEMA_VERSION,
                  "value of review-scores"),
         Contract("trend-change", TrendChange, events.TREND_SCHEMA_VERSION, "value of trends"),
+        Contract("trend-state", TrendState, events.TREND_STATE_SCHEMA_VERSION,
+                 "value of the compacted trend-state topic (a null value is a tombstone)"),
         Contract("sharp-drop-alert", SharpDropAlert, events.ALERT_SCHEMA_VERSION,
                  "value of trend-alerts"),
         Contract("dead-letter", DeadLetter, events.DEAD_LETTER_SCHEMA_VERSION,

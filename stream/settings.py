@@ -82,8 +82,8 @@ class Settings(BaseSettings):
                                             "session timeout")
     cloudevents: bool = Field(False, description="CloudEvents 1.0 binary-mode headers "
                               "(ce_id, ce_type, ce_source, ce_time, ...) on every record of "
-                              "review-scores, trends, trend-alerts and reviews-dlq (README, "
-                              "\"Event contracts\")")
+                              "review-scores, trends, trend-state, trend-alerts and "
+                              "reviews-dlq (README, \"Event contracts\")")
     # Model and scoring
     model_dir: Path = Field(REPO_ROOT / "models" / "default", description="model directory "
                             "(manifest.json, model files, tokenizer)")

@@ -19,6 +19,7 @@ SCHEMAS = REPO_ROOT / "schemas"
 # output topic setting -> (contract, the field its ce_id is, the field its ce_time is)
 OUTPUTS = {"topic_scores": ("review-score", None, "ts"),
            "topic_trends": ("trend-change", "event_id", "window_end"),
+           "topic_trend_state": ("trend-state", None, "since"),
            "topic_alerts": ("sharp-drop-alert", "alert_id", "window_end"),
            "topic_dlq": ("dead-letter", None, "dead_lettered_at")}
 CE_TYPE = re.compile(r"^io\.trendstream\.[a-z_]+\.[a-z_]+\.v1$")
@@ -40,6 +41,8 @@ def _expected_id(name: str, id_field: str | None, record: dict) -> str:
         return record[id_field]
     if name == "review-score":
         return _sha32(record["review_id"], record["model_id"])
+    if name == "trend-state":
+        return _sha32("trend-state", record["last_event_id"])
     return _sha32(record["topic"], record["partition"], record["offset"], record["reason"])
 
 
@@ -63,7 +66,7 @@ def _check_headers(name: str, stored: Stored, record: dict, *, cloudevents: bool
 
 
 def check_outputs(settings: Settings, *, cloudevents: bool) -> Counter[str]:
-    """Read the four output topics to their end; every value must be valid against its
+    """Read the five output topics to their end; every value must be valid against its
     schema (open and closed), keyed by product_id, with CloudEvents headers exactly when
     ``cloudevents``. Return the records checked per contract (and ``dlq:<stage>``)."""
     checked: Counter[str] = Counter()
@@ -73,7 +76,12 @@ def check_outputs(settings: Settings, *, cloudevents: bool) -> Counter[str]:
                                        partitions=settings.partitions, timeout_s=30))
         open_schema, closed_schema = _validators(name)
         for stored in records:
-            record = json.loads(stored.value or b"")
+            if stored.value is None:  # a trend-state tombstone: no record, no event
+                assert name == "trend-state" and not [
+                    k for k, _ in stored.headers if k.startswith("ce_")], stored
+                checked["tombstone"] += 1
+                continue
+            record = json.loads(stored.value)
             errors = list(open_schema.iter_errors(record)) or \
                 list(closed_schema.iter_errors(record))
             assert not errors, (name, errors[0].message, record)

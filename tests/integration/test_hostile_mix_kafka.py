@@ -75,5 +75,6 @@ def test_hostile_mix_dead_letters_every_bad_event_and_changes_nothing_else(
     assert checked["review-score"] == sum(run.scored.values())
     assert ref_checked["review-score"] == sum(reference.scored.values())
     assert checked["trend-change"] == ref_checked["trend-change"] > 0
+    assert checked["trend-state"] == checked["trend-change"]  # one state per change
     assert checked["sharp-drop-alert"] == ref_checked["sharp-drop-alert"] > 0
     assert checked["dlq:score"] > 0 and checked["dlq:aggregate"] > 0

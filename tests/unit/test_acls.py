@@ -9,8 +9,8 @@ from stream.settings import Settings
 def test_default_worker_acls_are_exactly_these() -> None:
     """Topics by name, app-id prefixed internals, the group; Create on every topic."""
     got = {(a.resource, a.name, a.pattern, a.operation) for a in worker_acls(Settings())}
-    topics = ("reviews", "review-score-batches", "review-scores", "trends", "trend-alerts",
-              "reviews-dlq")
+    topics = ("reviews", "review-score-batches", "review-scores", "trends", "trend-state",
+              "trend-alerts", "reviews-dlq")
     assert got == {
         ("TOPIC", "reviews", "LITERAL", "READ"),
         ("TOPIC", "review-score-batches", "LITERAL", "READ"),
@@ -32,7 +32,7 @@ def test_exactly_once_adds_the_transactional_ids_and_names_follow_the_settings()
         (a.resource, a.name, a.pattern, a.operation) for a in acls}
     assert {a.name for a in acls if a.pattern == "LITERAL" and a.resource == "TOPIC"} == {
         "eu.reviews", "eu.review-score-batches", "eu.review-scores", "eu.trends",
-        "eu.trend-alerts", "eu.reviews-dlq"}
+        "eu.trend-state", "eu.trend-alerts", "eu.reviews-dlq"}
     assert acls[0].command("User:x") == (
         "kafka-acls.sh --bootstrap-server $BOOTSTRAP --add --allow-principal User:x "
         "--operation Read --topic 'eu.reviews' --resource-pattern-type literal")

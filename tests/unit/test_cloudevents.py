@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 
 from stream.cloudevents import Binding, headers, source_of
-from stream.events import ReviewScore, dead_letter
+from stream.events import ReviewScore, TrendState, dead_letter
 from stream.settings import Settings
 from stream.trends import DetectorParams, close_through
 from stream.windows import ProductState
@@ -38,8 +38,9 @@ def test_review_score_id_is_review_and_model_and_time_is_the_review_time() -> No
                    "content-type": "application/json"}
 
 
-def test_trend_change_and_alert_carry_their_own_ids_and_window_end() -> None:
-    """A TrendChange's ce_id is its event_id, an alert's its alert_id; time = window_end."""
+def test_trend_change_alert_and_state_carry_their_own_ids_and_times() -> None:
+    """A TrendChange's ce_id is its event_id, an alert's its alert_id (time: window_end);
+    a TrendState's a hash of its change's event_id (time: since)."""
     state = ProductState("p1", 0)
     for day in range(180):
         for i in range(2):
@@ -53,6 +54,11 @@ def test_trend_change_and_alert_carry_their_own_ids_and_window_end() -> None:
     assert (got["ce_id"], got["ce_type"], got["ce_time"], got["ce_dataschema"]) == (
         alert.alert_id, "io.trendstream.trend.sharp_drop.v1", "2017-07-19T00:00:00Z",
         "urn:trendstream:schema:sharp-drop-alert:v1")
+    state = TrendState.from_change(change)  # the trend-state record of that change
+    got = _decoded(headers("trend-state", state.to_bytes(), source="/s"))
+    assert (got["ce_id"], got["ce_type"], got["ce_time"]) == (
+        _sha32("trend-state", change.event_id), "io.trendstream.trend.state.v1",
+        "2017-07-13T00:00:00Z")
 
 
 def test_dead_letter_id_is_its_position_and_reason() -> None:
@@ -70,8 +76,9 @@ def test_binding_maps_the_prefixed_output_topics_only() -> None:
     """Output topics get headers; the input and internal topics get None."""
     binding = Binding.from_settings(Settings(app_id="shop a/b", topic_prefix="x."))
     assert binding.source == "/trendstream/shop%20a%2Fb" == source_of("shop a/b")
-    assert set(binding.contracts) == {"x.review-scores", "x.trends", "x.trend-alerts",
-                                      "x.reviews-dlq"}
+    assert set(binding.contracts) == {"x.review-scores", "x.trends", "x.trend-state",
+                                      "x.trend-alerts", "x.reviews-dlq"}
+    assert binding.headers("x.trend-state", None) is None  # a tombstone: no event
     letter = dead_letter(reason="late", detail="d", stage="score", topic="t", partition=0,
                          offset=0, key=None, raw=None, max_raw_chars=10)
     assert binding.headers("x.review-score-batches", b"[]") is None

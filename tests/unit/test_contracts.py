@@ -19,6 +19,7 @@ from stream.errors import EventError
 from stream.events import (
     ReviewScore,
     TrendChange,
+    TrendState,
     dead_letter,
     parse_review,
 )
@@ -166,8 +167,9 @@ def test_input_edge_cases(changes: dict[str, Any], reason: str, is_valid: bool) 
 
 
 def test_outputs_of_the_pure_code_are_valid_and_fully_documented() -> None:
-    """A score, trend changes, a sharp-drop alert and dead letters, as the worker builds
-    them, validate, also against the closed schemas (no undocumented field)."""
+    """A score, trend changes and their trend states, a sharp-drop alert and dead letters,
+    as the worker builds them, validate, also against the closed schemas (no undocumented
+    field)."""
     state = ProductState("p1", 0)
     for day in range(180):
         for i in range(2):
@@ -184,6 +186,7 @@ def test_outputs_of_the_pure_code_are_valid_and_fully_documented() -> None:
                            partition=1, offset=3, key=b"p1", raw=b'{"a": "\xff"}',
                            max_raw_chars=10, review_id="r1")]
     samples = [("review-score", score), *[("trend-change", c) for c in out.changes],
+               *[("trend-state", TrendState.from_change(c)) for c in out.changes],
                ("sharp-drop-alert", out.alerts[0]), *[("dead-letter", d) for d in letters]]
     for name, event in samples:
         record = json.loads(event.to_bytes())
