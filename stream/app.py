@@ -12,6 +12,9 @@
   changes. Reading one record per micro-batch instead of one per review is what lets it
   keep up with a GPU scorer: faust's per-record overhead (~90 us here) was most of the
   cost of aggregating;
+* ``deliver_alerts`` agent (trend-alerts -> webhooks / reviews-dlq), only when
+  webhooks are configured: :class:`~stream.alerthooks.AlertHooks` sends each alert to
+  every hook with retries; a batch is acked once delivered or dead-lettered;
 * a timer that, in live mode (``idle_tick_interval_s`` > 0), sends wall-clock ticks to
   every partition of review-score-batches, so silent partitions still close days.
 """
@@ -37,6 +40,7 @@ from mode import CrashingSupervisor
 from pydantic import TypeAdapter, ValidationError
 
 from stream.aggregation import TICK_KEY, Aggregator, StepResult, tick_record
+from stream.alerthooks import AlertHooks
 from stream.errors import StreamError
 from stream.events import DeadLetter, ReviewScore, dead_letter
 from stream.inference import Scorer
@@ -61,6 +65,7 @@ class Pipeline:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="score"))
     is_warm: bool = False
+    hooks: AlertHooks | None = None  # alert webhooks; None: no delivery agent
 
 
 @dataclass
@@ -200,7 +205,8 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
     aggregate_guard = OffsetGuard(enabled=s.check_input_gaps and
                                   s.processing_guarantee == "at_least_once",
                                   committed=committed)
-    guards = (score_guard, aggregate_guard)
+    alert_guard = OffsetGuard(enabled=aggregate_guard.enabled, committed=committed)
+    guards = (score_guard, aggregate_guard, alert_guard)
     aggregator = Aggregator(params=pipeline.params, model_id=pipeline.scorer.model_id,
                             allowed_lateness_ms=int(s.allowed_lateness_s * 1000),
                             evidence_k=s.evidence_top_k, windows=window_store,
@@ -272,6 +278,19 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
             await window_store.delivered()
             aggregator.flush_clocks()
             await clock_store.delivered()
+
+    if (hooks := pipeline.hooks) is not None:  # README, "Alert webhooks"
+        @app.agent(alerts, concurrency=1)
+        async def deliver_alerts(stream: faust.StreamT) -> None:
+            # Webhooks are slow and outside Kafka: an agent of their own, so scoring and
+            # aggregation never wait for them; a batch waits at most webhook_max_delivery_s.
+            async for events in stream.take_events(s.webhook_concurrency,
+                                                   within=s.batch_max_wait_s):
+                alert_guard.check(events)
+                dead = await hooks.deliver([RawRecord(e.message.topic, e.message.partition,
+                                                      e.message.offset, e.message.key,
+                                                      e.message.value) for e in events])
+                await send_all(dlq, [(d.key or "", d.to_bytes(), d.partition) for d in dead])
 
     if s.idle_tick_interval_s > 0:
         @app.timer(s.idle_tick_interval_s)
@@ -468,9 +487,10 @@ def _add_pages(app: faust.App, pipeline: Pipeline) -> None:
 
     @app.page("/stats")
     async def stats(web_view: Any, request: Any) -> Any:
+        hooks = {} if pipeline.hooks is None else {"webhooks": pipeline.hooks.counts.as_dict()}
         return web_view.json({**pipeline.stats.as_dict(), "model_id": pipeline.scorer.model_id,
                               "provider": pipeline.scorer.provider,
-                              "variant": pipeline.scorer.variant.precision})
+                              "variant": pipeline.scorer.variant.precision, **hooks})
 
     del healthz, readyz, stats  # registered on the app by the decorators
 
