@@ -6,7 +6,9 @@ producer, the worker). It can only send what the letter kept: the raw value is
 truncated to ``DLQ_MAX_RAW_CHARS``, so a letter is redriven only when its kept value
 hashes to its ``raw_sha256`` (the whole value is there, byte for byte); others are
 counted as ``not_whole``. Letters of the aggregate stage hold the scored review, not
-the input: they are counted as ``aggregate_stage`` (re-send the source review instead).
+the input: they are counted as ``aggregate_stage`` (re-send the source review instead);
+letters of the alert stage hold an alert no webhook took: ``alert_stage`` (README, "Alert
+webhooks").
 Each redriven record carries the header
 ``trendstream-redriven-from: <dlq partition>:<dlq offset>``.
 """
@@ -98,7 +100,7 @@ async def redrive(settings: Settings, selection: Selection, *,
     sends: list[tuple[bytes | None, bytes, bytes]] = []
     for partition, offset, letter in chosen:
         if letter.stage != "score":
-            report.skipped["aggregate_stage"] += 1
+            report.skipped[f"{letter.stage}_stage"] += 1
             continue
         value = original(letter)
         if value is None:
