@@ -15,6 +15,12 @@ delivered, so an alert whose worker dies mid-delivery is delivered again after t
 restart: **at-least-once**, with the same ``webhook-id`` (the alert_id) for receivers
 to deduplicate on. Webhooks are outside any Kafka transaction, in both processing
 guarantees.
+
+A rebalance or a shutdown must not wait for a slow hook: faust waits for every record
+in flight to be acked before it gives partitions up or stops, and all agents wait with
+it. So when the app's flow control is suspended (both cases), waits and requests in
+flight end, and each unsettled alert is sent back to its own topic and partition before
+the batch is acked: the partition's next owner delivers it again.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from pydantic import ValidationError
@@ -89,13 +95,16 @@ class DeliveryCounts:
     """Per hook name, since the process started (served at /stats under "webhooks").
 
     ``sent``: alerts a hook took (2xx); ``failed``: alerts given up on (dead-lettered);
-    ``retries``: attempts after the first; ``dead_lettered``: alert-stage dead letters
-    by reason (``webhook_failed`` once per failed hook, or a record that is no alert).
+    ``retries``: attempts after the first; ``interrupted``: deliveries cut short by a
+    rebalance or a shutdown (the alert is re-queued); ``dead_lettered``: alert-stage
+    dead letters by reason (``webhook_failed`` per failed hook, or a record that is no
+    alert).
     """
 
     sent: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
+    interrupted: Counter[str] = field(default_factory=Counter)
     dead_lettered: Counter[str] = field(default_factory=Counter)
 
     @classmethod
@@ -103,19 +112,34 @@ class DeliveryCounts:
         """Every hook listed with 0, so a hook that never succeeded still shows."""
         def zeros() -> Counter[str]:
             return Counter(dict.fromkeys(names, 0))
-        return cls(sent=zeros(), failed=zeros(), retries=zeros())
+        return cls(sent=zeros(), failed=zeros(), retries=zeros(), interrupted=zeros())
 
     def as_dict(self) -> dict[str, Any]:
         return {"sent": dict(self.sent), "failed": dict(self.failed),
-                "retries": dict(self.retries), "dead_lettered": dict(self.dead_lettered)}
+                "retries": dict(self.retries), "interrupted": dict(self.interrupted),
+                "dead_lettered": dict(self.dead_lettered)}
+
+
+@dataclass
+class Delivery:
+    """What the agent sends after a batch, before it is acked: dead letters, and the
+    alerts to put back on their topic (key, value, partition) because a rebalance or a
+    shutdown cut their delivery short."""
+
+    dead: list[DeadLetter] = field(default_factory=list)
+    requeue: list[tuple[str, bytes, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class _Outcome:
     hook: WebhookConfig
-    is_delivered: bool
+    status: Literal["delivered", "failed", "interrupted"]
     attempts: int
     last: str  # "HTTP 503", "TimeoutError", ...: never the URL
+
+
+def _never() -> bool:
+    return False
 
 
 class AlertHooks:
@@ -127,7 +151,7 @@ class AlertHooks:
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, poll_s: float = 0.2) -> None:
         self.hooks = tuple(hooks)
         self.policy = policy
         self.external_url = external_url
@@ -135,6 +159,7 @@ class AlertHooks:
         self.counts = DeliveryCounts.for_hooks([h.name for h in self.hooks])
         self._transport, self._sleep, self._clock = transport, sleep, clock
         self._wall_clock, self._rng = wall_clock, rng or random.Random()
+        self._poll_s = poll_s  # how often a wait or a request checks should_stop
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AlertHooks | None:
@@ -145,81 +170,132 @@ class AlertHooks:
                    external_url=settings.webhook_external_url,
                    max_raw_chars=settings.dlq_max_raw_chars)
 
-    async def deliver(self, records: Sequence[RawRecord]) -> list[DeadLetter]:
-        """Send every alert to every hook; the dead letters of what was not taken."""
-        async with self._transport() as post:
-            found = await asyncio.gather(*(self._deliver_record(post, r) for r in records))
-        return [letter for letters in found for letter in letters]
+    async def deliver(self, records: Sequence[RawRecord], *,
+                      should_stop: Callable[[], bool] = _never) -> Delivery:
+        """Send every alert to every hook.
 
-    async def _deliver_record(self, post: Post, record: RawRecord) -> list[DeadLetter]:
+        ``should_stop`` turns true when the worker stops or its partitions are revoked:
+        faust then waits for this batch to be acked, and everything else waits with it.
+        So waits and requests in flight end at once, and each alert not yet settled
+        goes back on its topic whole (hooks that took it get it again, same webhook-id).
+        """
+        delivery = Delivery()
+        async with self._transport() as post:
+            found = await asyncio.gather(*(self._deliver_record(post, r, should_stop)
+                                           for r in records))
+        for record, (dead, is_requeued) in zip(records, found, strict=True):
+            delivery.dead += dead
+            if is_requeued and record.value is not None:
+                key = (record.key or b"").decode("utf-8", "replace")
+                delivery.requeue.append((key, record.value, record.partition))
+        if delivery.requeue:
+            log.info("alert delivery interrupted (rebalance or shutdown): %d alert(s) put "
+                     "back on their topic", len(delivery.requeue))
+        return delivery
+
+    async def _deliver_record(self, post: Post, record: RawRecord,
+                              should_stop: Callable[[], bool]
+                              ) -> tuple[list[DeadLetter], bool]:
         try:
             alert = SharpDropAlert.model_validate_json(record.value or b"")
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             reason = "invalid_json" if first["type"] == "json_invalid" else "wrong_type"
-            return [self._dead(record, reason, f"not a SharpDropAlert: {first['msg']}")]
-        outcomes = await asyncio.gather(*(self._deliver_one(post, hook, alert)
+            return [self._dead(record, reason, f"not a SharpDropAlert: {first['msg']}")], False
+        outcomes = await asyncio.gather(*(self._to_hook(post, hook, alert, should_stop)
                                           for hook in self.hooks))
-        return [self._dead(record, "webhook_failed",
-                           f"webhook={o.hook.name} attempts={o.attempts} last={o.last}")
-                for o in outcomes if not o.is_delivered]
-
-    async def _deliver_one(self, post: Post, hook: WebhookConfig,
-                           alert: SharpDropAlert) -> _Outcome:
-        outcome = await self._attempts(post, hook, alert)
-        if outcome.is_delivered:
-            self.counts.sent[hook.name] += 1
-        else:
-            self.counts.failed[hook.name] += 1
+        if any(o.status == "interrupted" for o in outcomes):
+            return [], True  # failed hooks get their next chance with the re-queued alert
+        failed = [o for o in outcomes if o.status == "failed"]
+        for o in failed:
+            self.counts.failed[o.hook.name] += 1
             log.warning("alert not delivered webhook=%s alert_id=%s product_id=%s "
-                        "attempts=%d last=%s (dead-lettered)", hook.name, alert.alert_id,
-                        alert.product_id, outcome.attempts, outcome.last)
+                        "attempts=%d last=%s (dead-lettered)", o.hook.name, alert.alert_id,
+                        alert.product_id, o.attempts, o.last)
+        return [self._dead(record, "webhook_failed", f"webhook={o.hook.name} "
+                           f"attempts={o.attempts} last={o.last}") for o in failed], False
+
+    async def _to_hook(self, post: Post, hook: WebhookConfig, alert: SharpDropAlert,
+                       should_stop: Callable[[], bool]) -> _Outcome:
+        outcome = await self._attempts(post, hook, alert, should_stop)
+        if outcome.status == "delivered":  # counted now: other hooks may take longer
+            self.counts.sent[hook.name] += 1
+        elif outcome.status == "interrupted":
+            self.counts.interrupted[hook.name] += 1
         return outcome
 
-    async def _attempts(self, post: Post, hook: WebhookConfig,
-                        alert: SharpDropAlert) -> _Outcome:
+    async def _attempts(self, post: Post, hook: WebhookConfig, alert: SharpDropAlert,
+                        should_stop: Callable[[], bool]) -> _Outcome:
         p = self.policy
         deadline = self._clock() + p.max_delivery_s
         body = render(hook.format, alert, receiver=hook.name, external_url=self.external_url)
         try:
             secrets = hook.secrets()  # a rotated secret file takes effect here
         except (OSError, ValueError) as exc:
-            return _Outcome(hook, False, 0, f"secret unusable ({type(exc).__name__})")
+            return _Outcome(hook, "failed", 0, f"secret unusable ({type(exc).__name__})")
         attempt = 0
         while True:
+            if should_stop():
+                return _Outcome(hook, "interrupted", attempt, "stopping")
             attempt += 1
             headers = webhook_headers(secrets, msg_id=alert.alert_id,
                                       timestamp=int(self._wall_clock()), body=body)
             timeout_s = max(0.001, min(p.timeout_s, deadline - self._clock()))
             try:
-                response = await post(hook.url, body, headers, timeout_s)
+                response = await self._until_stop(post(hook.url, body, headers, timeout_s),
+                                                  should_stop)
+            except _Stopped:
+                return _Outcome(hook, "interrupted", attempt, "stopping")
             except Exception as exc:  # timeouts, refused connections, anything: retried
                 last, retry, wait_hint = _error_name(exc), True, None
             else:
                 if 200 <= response.status < 300:
-                    return _Outcome(hook, True, attempt, f"HTTP {response.status}")
+                    return _Outcome(hook, "delivered", attempt, f"HTTP {response.status}")
                 last, retry = f"HTTP {response.status}", is_retryable(response.status)
                 wait_hint = response.retry_after_s
             if not retry:
-                return _Outcome(hook, False, attempt, f"{last} (not retried)")
+                return _Outcome(hook, "failed", attempt, f"{last} (not retried)")
             if attempt >= p.max_attempts:
-                return _Outcome(hook, False, attempt, last)
+                return _Outcome(hook, "failed", attempt, last)
             wait_s = backoff_s(attempt, base_s=p.backoff_base_s, max_s=p.backoff_max_s,
                                rng=self._rng)
             if wait_hint is not None:
                 wait_s = max(wait_s, min(wait_hint, p.backoff_max_s))
             if self._clock() + wait_s >= deadline:
-                return _Outcome(hook, False, attempt, f"{last} (webhook_max_delivery_s spent)")
+                return _Outcome(hook, "failed", attempt,
+                                f"{last} (webhook_max_delivery_s spent)")
             log.debug("retrying webhook=%s alert_id=%s attempt=%d last=%s in %.2f s",
                       hook.name, alert.alert_id, attempt, last, wait_s)
             self.counts.retries[hook.name] += 1
-            await self._sleep(wait_s)
+            await self._pause(wait_s, should_stop)
+
+    async def _until_stop(self, request: Awaitable[Response],
+                          should_stop: Callable[[], bool]) -> Response:
+        """Await the request; cancel it and raise _Stopped once should_stop turns true."""
+        task = asyncio.ensure_future(request)
+        while not task.done():
+            await asyncio.wait({task}, timeout=self._poll_s)
+            if not task.done() and should_stop():
+                task.cancel()
+                await asyncio.wait({task})  # let it close its connection; raises nothing
+                raise _Stopped
+        return task.result()
+
+    async def _pause(self, seconds: float, should_stop: Callable[[], bool]) -> None:
+        """Sleep, in slices of poll_s, until the time is up or should_stop turns true."""
+        end = self._clock() + seconds
+        while (left := end - self._clock()) > 0 and not should_stop():
+            await self._sleep(min(left, self._poll_s))
 
     def _dead(self, record: RawRecord, reason: str, detail: str) -> DeadLetter:
         self.counts.dead_lettered[reason] += 1
         return dead_letter(reason=reason, detail=detail, stage="alert", topic=record.topic,
                            partition=record.partition, offset=record.offset, key=record.key,
                            raw=record.value, max_raw_chars=self.max_raw_chars)
+
+
+class _Stopped(Exception):
+    """should_stop turned true while a request was in flight."""
 
 
 def _error_name(exc: Exception) -> str:

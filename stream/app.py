@@ -283,14 +283,17 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
         @app.agent(alerts, concurrency=1)
         async def deliver_alerts(stream: faust.StreamT) -> None:
             # Webhooks are slow and outside Kafka: an agent of their own, so scoring and
-            # aggregation never wait for them; a batch waits at most webhook_max_delivery_s.
+            # aggregation never wait for them; a batch waits at most webhook_max_delivery_s,
+            # and is cut short (its alerts re-queued) when a rebalance or stop suspends flow.
             async for events in stream.take_events(s.webhook_concurrency,
                                                    within=s.batch_max_wait_s):
                 alert_guard.check(events)
-                dead = await hooks.deliver([RawRecord(e.message.topic, e.message.partition,
-                                                      e.message.offset, e.message.key,
-                                                      e.message.value) for e in events])
-                await send_all(dlq, [(d.key or "", d.to_bytes(), d.partition) for d in dead])
+                done = await hooks.deliver(
+                    [RawRecord(e.message.topic, e.message.partition, e.message.offset,
+                               e.message.key, e.message.value) for e in events],
+                    should_stop=lambda: not app.flow_control.is_active())
+                await send_all(alerts, done.requeue)
+                await send_all(dlq, [(d.key or "", d.to_bytes(), d.partition) for d in done.dead])
 
     if s.idle_tick_interval_s > 0:
         @app.timer(s.idle_tick_interval_s)

@@ -30,6 +30,7 @@ from stream.settings import Settings
 from stream.topics import ensure_topics
 from stream.webhooks import AlertmanagerPayload, AlertWebhookPayload, verify
 from stream.webhooks import WebhookVerificationError as VerificationError
+from stream.workerproc import free_port
 
 from .helpers import read_topic, start_worker, unique_env, wait_for
 
@@ -96,9 +97,10 @@ class Receiver:
             error = str(exc)
         msg_id = request.headers.get("webhook-id", "")
         before = len(self.requests(hook, msg_id))
-        status = {"flaky": 500 if before < 2 else 200, "am": 200, "down": 500}[hook]
+        status = {"flaky": 500 if before < 2 else 200, "am": 200, "down": 500,
+                  "slow": 200}[hook]
         self.seen.append(Seen(hook, msg_id, body, error, status))
-        while hook == "down" and not self.release.is_set():
+        while hook in ("down", "slow") and not self.release.is_set():
             await asyncio.sleep(0.05)
         return web.Response(status=status)
 
@@ -207,6 +209,7 @@ def test_alerts_reach_every_webhook_signed_retried_or_dead_lettered(
     assert final == {"sent": {"flaky": 2, "am": 2, "down": 0},
                      "failed": {"flaky": 0, "am": 0, "down": 2},
                      "retries": {"flaky": 4, "am": 0, "down": 4},
+                     "interrupted": {"flaky": 0, "am": 0, "down": 0},
                      "dead_lettered": {"webhook_failed": 2}}
     alerts = {SharpDropAlert.model_validate_json(v).alert_id: v for _, _, v in
               read_topic(kafka_bootstrap, settings.topic("trend-alerts"))}
@@ -237,3 +240,88 @@ def test_alerts_reach_every_webhook_signed_retried_or_dead_lettered(
     assert f"{url}/" not in text
     print(f"\nreviews scored while delivery was stuck: {scoring_s:.1f} s; "
           f"test from worker start: {total_s:.1f} s")
+
+
+def test_sigterm_mid_delivery_exits_promptly_and_the_restart_delivers_again(
+        kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A hook that never answers does not hold up SIGTERM: the alert goes back on its topic,
+    and the next worker delivers it again with the same webhook-id (at-least-once)."""
+    receiver = Receiver({"down": DOWN})  # `down` holds every request until released
+    url = receiver.start()
+    hooks = [{"name": "down", "url": f"{url}/down", "secret": DOWN}]
+    env = unique_env(kafka_bootstrap, tiny_model_dir, TRENDSTREAM_WEBHOOKS=json.dumps(hooks),
+                     TRENDSTREAM_WEBHOOK_TIMEOUT_S="120")
+    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()
+                           if k != "TRENDSTREAM_WEBHOOKS"})
+    direct = _direct_alert()
+    asyncio.run(ensure_topics(settings))
+    first = start_worker(env, tmp_path / "worker1.log")
+    try:
+        first.wait_ready()
+        asyncio.run(produce(settings, [(b"direct-1", direct.to_bytes())],
+                            topic=settings.topic("trend-alerts")))
+        wait_for(lambda: receiver.requests("down"), timeout_s=60, what="the first attempt")
+        stopping = time.monotonic()
+    finally:
+        code = first.stop()
+    stop_s = time.monotonic() - stopping
+    assert code == 0, first.log_tail()
+    assert stop_s < 15, f"SIGTERM took {stop_s:.1f} s with a delivery in flight"
+    receiver.release.set()  # from now on `down` answers at once (500 by its script)
+    second = start_worker({**env, "TRENDSTREAM_WEBHOOK_MAX_ATTEMPTS": "1"},
+                          tmp_path / "worker2.log")
+    try:
+        second.wait_ready()
+        wait_for(lambda: (_stats(second).get("webhooks") or {}).get("failed") == {"down": 1},
+                 timeout_s=60, what="the alert delivered again by the restarted worker")
+    finally:
+        assert second.stop() == 0, second.log_tail()
+        receiver.stop()
+    # the first attempt (cut by SIGTERM), then the re-queued copy; the original was acked
+    assert [s.msg_id for s in receiver.requests("down")] == [direct.alert_id] * 2
+    assert [v for _, _, v in read_topic(kafka_bootstrap, settings.topic("trend-alerts"))] \
+        == [direct.to_bytes()] * 2
+    assert all(s.error is None for s in receiver.seen)
+    (letter,) = [DeadLetter.model_validate_json(v) for _, _, v in
+                 read_topic(kafka_bootstrap, settings.topic("reviews-dlq"))]
+    assert (letter.stage, letter.detail) == ("alert", "webhook=down attempts=1 last=HTTP 500")
+    print(f"\nSIGTERM to exit with a delivery in flight: {stop_s:.1f} s")
+
+
+def test_a_rebalance_does_not_wait_for_a_hanging_hook(
+        kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A second worker joins while a hook holds a delivery: the first gives the partitions
+    up at once (the alert re-queued), and the alert is then delivered exactly once."""
+    receiver = Receiver({"slow": FLAKY})  # `slow` holds every request until released
+    url = receiver.start()
+    hooks = [{"name": "slow", "url": f"{url}/slow", "secret": FLAKY}]
+    env = unique_env(kafka_bootstrap, tiny_model_dir, TRENDSTREAM_WEBHOOKS=json.dumps(hooks),
+                     TRENDSTREAM_WEBHOOK_TIMEOUT_S="120")
+    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()
+                           if k != "TRENDSTREAM_WEBHOOKS"})
+    direct = _direct_alert()
+    asyncio.run(ensure_topics(settings))
+    workers = [start_worker(env, tmp_path / "worker1.log")]
+    try:
+        workers[0].wait_ready()
+        asyncio.run(produce(settings, [(b"direct-1", direct.to_bytes())],
+                            topic=settings.topic("trend-alerts")))
+        wait_for(lambda: receiver.requests("slow"), timeout_s=60, what="the first attempt")
+        workers.append(start_worker({**env, "TRENDSTREAM_WEB_PORT": str(free_port())},
+                                    tmp_path / "worker2.log"))
+        join_s = workers[1].wait_ready(timeout_s=100)
+        wait_for(lambda: len(receiver.requests("slow")) == 2, timeout_s=60,
+                 what="the re-queued alert tried by the partition's new owner")
+        receiver.release.set()
+        wait_for(lambda: sum((_stats(w).get("webhooks") or {}).get("sent", {}).get("slow", 0)
+                             for w in workers) == 1, timeout_s=60, what="one delivery")
+        interrupted = sum(_stats(w)["webhooks"]["interrupted"]["slow"] for w in workers)
+    finally:
+        codes = [w.stop() for w in workers]
+        receiver.stop()
+    assert codes == [0, 0], [w.log_tail() for w in workers]
+    assert join_s < 30, f"the second worker waited {join_s:.0f} s for the rebalance"
+    assert interrupted == 1
+    assert [s.msg_id for s in receiver.requests("slow")] == [direct.alert_id] * 2
+    assert not read_topic(kafka_bootstrap, settings.topic("reviews-dlq"))
+    print(f"\nsecond worker ready (rebalance with a delivery in flight): {join_s:.1f} s")

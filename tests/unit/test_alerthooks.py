@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from stream.alerthooks import AlertHooks, Post, Response, RetryPolicy
+from stream.alerthooks import AlertHooks, Delivery, Post, Response, RetryPolicy
 from stream.app import Pipeline, build_app
 from stream.errors import SettingsError
 from stream.events import DeadLetter, SharpDropAlert, TrendSignals
@@ -68,6 +68,8 @@ class Script:
             answer = script.pop(0) if len(script) > 1 else script[0]
             if isinstance(answer, Exception):
                 raise answer
+            if answer == 0:  # hang until cancelled
+                await asyncio.Event().wait()
             return Response(answer, retry_after_s=30.0 if answer == 503 else None)
         yield post
 
@@ -91,15 +93,17 @@ POLICY = RetryPolicy(timeout_s=5.0, max_attempts=4, backoff_base_s=1.0, backoff_
                      max_delivery_s=60.0)
 
 
-def _hooks(hooks: list[WebhookConfig], script: Script, clock: Clock,
+def _hooks(hooks: list[WebhookConfig], script: Script, clock: Clock, *, poll_s: float = 1e9,
            **policy: float) -> AlertHooks:
     return AlertHooks(hooks, policy=replace(POLICY, **policy),
                       max_raw_chars=8192, transport=script, sleep=clock.sleep,
-                      clock=clock.time, wall_clock=clock.time)
+                      clock=clock.time, wall_clock=clock.time, poll_s=poll_s)
 
 
 def _deliver(hooks: AlertHooks, *records: RawRecord) -> list[DeadLetter]:
-    return asyncio.run(hooks.deliver(list(records)))
+    delivery = asyncio.run(hooks.deliver(list(records)))
+    assert delivery.requeue == []
+    return delivery.dead
 
 
 def test_retried_until_taken_then_counted_once() -> None:
@@ -115,7 +119,8 @@ def test_retried_until_taken_then_counted_once() -> None:
         assert json.loads(body)["alert"]["alert_id"] == alert.alert_id
     assert len({r[1] for r in script.requests}) == 1  # the same bytes each time
     assert hooks.counts.as_dict() == {"sent": {"ops": 1}, "failed": {"ops": 0},
-                                      "retries": {"ops": 2}, "dead_lettered": {}}
+                                      "retries": {"ops": 2}, "interrupted": {"ops": 0},
+                                      "dead_lettered": {}}
     assert 0.5 <= clock.slept[0] <= 1.0 and 1.0 <= clock.slept[1] <= 2.0
 
 
@@ -258,3 +263,40 @@ def test_no_webhooks_no_delivery_agent() -> None:
                             hooks=AlertHooks.from_settings(settings))
         names = [agent.name for agent in build_app(pipeline).agents.values()]
         assert ("stream.app.deliver_alerts" in names) is expected
+
+
+def test_a_stop_during_a_backoff_wait_puts_the_alert_back_unsettled() -> None:
+    """Stopping while waiting to retry: no more attempts, no dead letter, re-queued whole."""
+    script, clock = Script({"ok": [200], "down": [500]}), Clock()
+    hooks = _hooks([_hook("ok"), _hook("down")], script, clock, poll_s=0.25,
+                   backoff_base_s=4.0)
+    raw = _alert().to_bytes()
+    delivery = asyncio.run(hooks.deliver([_record(raw)],
+                                         should_stop=lambda: clock.now >= 1_001.0))
+    assert (delivery.dead, delivery.requeue) == ([], [("p1", raw, 2)])
+    assert sum(1 for url, *_ in script.requests if "/down" in url) == 1
+    assert clock.now < 1_002.0  # the 2-4 s wait was cut at the first poll past 1 s
+    assert hooks.counts.as_dict() == {"sent": {"ok": 1, "down": 0},
+                                      "failed": {"ok": 0, "down": 0},
+                                      "retries": {"ok": 0, "down": 1},
+                                      "interrupted": {"ok": 0, "down": 1},
+                                      "dead_lettered": {}}
+
+
+def test_a_stop_cancels_a_request_in_flight() -> None:
+    """A hook that never answers: once the worker stops, the request is cancelled at once."""
+    script, clock = Script({"hang": [0]}), Clock()
+    hooks = _hooks([_hook("hang")], script, clock, poll_s=0.01)
+    stopping = {"now": False}
+
+    async def run() -> Delivery:
+        task = asyncio.ensure_future(hooks.deliver([_record(_alert().to_bytes())],
+                                                   should_stop=lambda: stopping["now"]))
+        while not script.requests:
+            await asyncio.sleep(0.01)
+        stopping["now"] = True
+        return await asyncio.wait_for(task, timeout=5)
+
+    delivery = asyncio.run(run())
+    assert len(delivery.requeue) == 1 and delivery.dead == []
+    assert hooks.counts.interrupted == {"hang": 1}
