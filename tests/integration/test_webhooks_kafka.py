@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 from aiokafka.partitioner import DefaultPartitioner
 
+from stream import dlq
 from stream.artifact import read_manifest
 from stream.events import DeadLetter, SharpDropAlert, TrendSignals, alert_id
 from stream.replay import plan, produce
@@ -285,6 +286,12 @@ def test_sigterm_mid_delivery_exits_promptly_and_the_restart_delivers_again(
     (letter,) = [DeadLetter.model_validate_json(v) for _, _, v in
                  read_topic(kafka_bootstrap, settings.topic("reviews-dlq"))]
     assert (letter.stage, letter.detail) == ("alert", "webhook=down attempts=1 last=HTTP 500")
+    # after the receiver is fixed: `trendstream dlq redrive --reason webhook_failed`
+    report = asyncio.run(dlq.redrive(settings, dlq.Selection(
+        reasons=frozenset({"webhook_failed"}))))
+    assert (report.selected, report.redriven) == (1, 1)
+    assert [v for _, _, v in read_topic(kafka_bootstrap, settings.topic("trend-alerts"))] \
+        == [direct.to_bytes()] * 3
     print(f"\nSIGTERM to exit with a delivery in flight: {stop_s:.1f} s")
 
 
