@@ -114,6 +114,11 @@ class DeliveryCounts:
             return Counter(dict.fromkeys(names, 0))
         return cls(sent=zeros(), failed=zeros(), retries=zeros(), interrupted=zeros())
 
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """Hook name -> (sent, failed): what stream.metrics serves as
+        trendstream_alerts_sent_total / trendstream_alerts_failed_total{webhook}."""
+        return {name: (self.sent[name], self.failed[name]) for name in self.sent}
+
     def as_dict(self) -> dict[str, Any]:
         return {"sent": dict(self.sent), "failed": dict(self.failed),
                 "retries": dict(self.retries), "interrupted": dict(self.interrupted),

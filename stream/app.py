@@ -27,8 +27,9 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from mode import CrashingSupervisor
 from pydantic import TypeAdapter, ValidationError
 
@@ -45,6 +47,7 @@ from stream.errors import StreamError
 from stream.events import DeadLetter, ReviewScore, dead_letter
 from stream.inference import Scorer
 from stream.kafkaconf import faust_credentials
+from stream.metrics import CONTENT_TYPE, Metrics
 from stream.scoring import RawRecord, prepare, score_prepared
 from stream.settings import Settings
 from stream.stats import Stats
@@ -66,6 +69,15 @@ class Pipeline:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="score"))
     is_warm: bool = False
     hooks: AlertHooks | None = None  # alert webhooks; None: no delivery agent
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(stats=self.stats, info={
+            "model_id": self.scorer.model_id, "provider": self.scorer.provider,
+            "variant": self.scorer.variant.precision,
+            "guarantee": self.settings.processing_guarantee})
+        if self.hooks is not None:
+            self.metrics.webhooks = self.hooks.counts.totals
 
 
 @dataclass
@@ -100,13 +112,114 @@ class StallWatch:
         return behind if now - self.since >= self.after_s else []
 
 
+@dataclass
+class BatchCommits:
+    """Offsets are committed only at batch boundaries, never after a broken batch, and,
+    under exactly_once, in the transaction that holds the batch's outputs.
+
+    faust 0.15 behaviours that lose or double records around a crash, found by
+    ``make chaos``:
+
+    * ``take_events`` acks every event of the batch in a ``finally`` -- also when the
+      agent is cancelled or raises in the middle of it (the other agent crashed, an input
+      gap), and faust's shutdown then commits them: reviews never scored were committed.
+      So a batch that ends by an exception marks the worker ``is_broken``, and from then
+      on no commit is made; the restarted worker reads the batch again.
+    * faust commits a transaction (with the acked input offsets) from its commit timer,
+      its fetch loop and ``wait_empty`` -- whatever the agents are doing. A commit between
+      a batch's outputs and its input ack made the outputs visible while the input was
+      read again after a crash. So every commit takes one lock, and each agent sends,
+      acks and commits under it.
+    * faust computes the offsets to commit from its acked-offsets list, which misses
+      offsets it delivered twice around its start-up seek: a batch of offsets 87-110
+      committed 89 in the transaction that carried all 24 scores (then scored again).
+      So under exactly_once the agent commits the transactions itself, with the offsets
+      after the last record of its batch (``commit_transactions`` of faust's producer:
+      ``send_offsets_to_transaction`` + ``commit_transaction`` per transactional id).
+    * faust's ``TransactionManager.send`` finds the transactional producer through the
+      consumer's metadata, which lacks the topics the app does not consume: outputs to
+      review-scores, trends, trend-alerts and reviews-dlq left the transaction (the
+      broker's log showed them isTransactional=false). :meth:`transactional_id` names the
+      producer of the input partition instead.
+
+    faust's ``Consumer.commit`` is wrapped once the consumer exists (first assignment).
+    """
+
+    is_transactional: bool
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    is_broken: bool = False
+    app: Any = None
+    _commit: Any = None  # faust's own Consumer.commit
+
+    def install(self, app: faust.App) -> None:
+        """Route every commit faust makes through the lock and the broken check."""
+        if self._commit is not None:
+            return
+        self.app, consumer = app, app.consumer
+        self._commit = consumer.commit
+
+        async def commit(*args: Any, **kwargs: Any) -> bool:
+            async with self.lock:
+                return await self._commit_unless_broken(*args, **kwargs)
+        consumer.commit = commit
+
+    def transactional_id(self, topic: str, partition: int) -> str:
+        """faust's transactional id for an input partition (its offsets commit there)."""
+        group = self.app.assignor.group_for_topic(topic)
+        return f"{self.app.conf.id}-{group}-{partition}"
+
+    async def _commit_unless_broken(self, *args: Any, **kwargs: Any) -> bool:
+        if self.is_broken:
+            log.warning("not committing: a batch ended by an exception; the restarted "
+                        "worker reads it again")
+            return False
+        return bool(await self._commit(*args, **kwargs))
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Around a whole agent batch: an exception (cancellation too) marks it broken."""
+        try:
+            yield
+        except BaseException:
+            self.is_broken = True
+            raise
+
+    @asynccontextmanager
+    async def sending(self, stream: faust.StreamT,
+                      events: list[faust.EventT]) -> AsyncIterator[None]:
+        """Send the batch's outputs inside; exactly_once: on exit ack the input and commit
+        its offsets with the outputs, all under the lock."""
+        if not self.is_transactional:
+            yield
+            return
+        async with self.lock:
+            yield
+            for event in events:  # take_events acks them again after the body: a no-op
+                await stream.ack(event)
+            await self._commit_batch(events)
+
+    async def _commit_batch(self, events: list[faust.EventT]) -> None:
+        offsets: dict[Any, int] = {}
+        for event in events:
+            tp = event.message.tp
+            offsets[tp] = max(offsets.get(tp, 0), event.message.offset + 1)
+        by_id: dict[str, dict[Any, int]] = {}
+        for tp, offset in offsets.items():
+            by_id.setdefault(self.transactional_id(tp.topic, tp.partition), {})[tp] = offset
+        await self.app.producer.commit_transactions(by_id, self.app.conf.id,
+                                                    start_new_transaction=True)
+        committed = self.app.consumer._committed_offset  # faust's view: no later regress
+        for tp, offset in offsets.items():
+            committed[tp] = max(committed.get(tp) or 0, offset)
+
+
 class InputGapError(StreamError):
     """faust handed an agent a record past one it never delivered."""
 
 
 @dataclass
 class OffsetGuard:
-    """Stops the worker when an agent's input skips offsets.
+    """Stops the worker when an agent's input skips offsets; drops records seen before.
 
     faust 0.15 can drop records it fetched while a partition was paused for table
     recovery and go on with later ones (``make chaos``: after a kill -9 and restart,
@@ -115,10 +228,16 @@ class OffsetGuard:
     later reviews before earlier ones. So the agent raises instead: the batch is not
     processed, nothing past the gap is committed, the orchestrator restarts the worker
     and it reads from the committed offset, in order. One skipped offset is allowed (a
-    transaction marker of a transactional producer); ``check_gaps`` off disables it.
+    transaction marker of a transactional producer); ``is_enabled`` off disables it.
+
+    It can also hand the same offsets over twice around its start-up seek (``make
+    chaos``, exactly-once: offsets 87-110 delivered, then from 89 again). With
+    ``skips_seen`` a record below the next expected offset is dropped: it was processed
+    by this worker already, or committed with its outputs before it started.
     """
 
-    enabled: bool = True
+    is_enabled: bool = True
+    skips_seen: bool = False
     committed: Any = None  # tp -> the consumer's committed offset (faust's own view)
     expected: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -126,23 +245,30 @@ class OffsetGuard:
         """After a rebalance positions move legitimately: start over."""
         self.expected.clear()
 
-    def check(self, events: list[faust.EventT]) -> None:
+    def check(self, events: list[faust.EventT]) -> list[faust.EventT]:
+        """Raise on a gap; the events to process (all, or those not seen before)."""
+        fresh = []
         for event in events:
             msg = event.message
             tp = (msg.topic, msg.partition)
-            want = self.expected.get(tp)
-            if want is None and self.committed is not None:
-                # the first record since (re)assignment: it must be the committed one
-                start = self.committed(msg.tp)
-                want = None if start is None else start - 1
-            if self.enabled and want is not None and msg.offset > want + 1:
+            following = self.expected.get(tp)  # a marker may sit between two records
+            if following is None and self.committed is not None:
+                following = self.committed(msg.tp)  # the first record since assignment
+                allowed = following
+            else:
+                allowed = None if following is None else following + 1
+            if self.is_enabled and allowed is not None and msg.offset > allowed:
                 msg_text = (f"input gap on {msg.topic}[{msg.partition}]: got offset "
-                            f"{msg.offset}, offsets {want}..{msg.offset - 1} never arrived "
-                            "(a faust bug after table recovery); stopping so that a "
-                            "restart reads them in order")
+                            f"{msg.offset}, offsets {following}..{msg.offset - 1} never "
+                            "arrived (a faust bug after table recovery); stopping so that "
+                            "a restart reads them in order")
                 raise InputGapError(msg_text)
-            if want is None or msg.offset >= want:
+            if following is None or msg.offset >= following:
                 self.expected[tp] = msg.offset + 1
+                fresh.append(event)
+            elif not self.skips_seen:
+                fresh.append(event)
+        return fresh
 
 
 def _faust_app(settings: Settings) -> faust.App:
@@ -201,11 +327,13 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
     def committed(tp: Any) -> int | None:  # faust keeps it; 0 reads as None there
         return app.consumer._committed_offset.get(tp)
 
-    score_guard = OffsetGuard(enabled=s.check_input_gaps, committed=committed)
-    aggregate_guard = OffsetGuard(enabled=s.check_input_gaps and
-                                  s.processing_guarantee == "at_least_once",
-                                  committed=committed)
-    alert_guard = OffsetGuard(enabled=aggregate_guard.enabled, committed=committed)
+    is_eos = s.processing_guarantee == "exactly_once"
+    score_guard = OffsetGuard(is_enabled=s.check_input_gaps, skips_seen=is_eos,
+                              committed=committed)
+    aggregate_guard = OffsetGuard(is_enabled=s.check_input_gaps and not is_eos,
+                                  skips_seen=is_eos, committed=committed)
+    alert_guard = OffsetGuard(is_enabled=s.check_input_gaps and not is_eos,
+                              skips_seen=is_eos, committed=committed)  # written like batches
     guards = (score_guard, aggregate_guard, alert_guard)
     aggregator = Aggregator(params=pipeline.params, model_id=pipeline.scorer.model_id,
                             allowed_lateness_ms=int(s.allowed_lateness_s * 1000),
@@ -213,32 +341,55 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
                             clocks=clock_store,
                             expire_after_days=s.state_expire_after_days)
 
+    commits = BatchCommits(is_transactional=s.processing_guarantee == "exactly_once")
+
+    async def send(topic: faust.TopicT, key: bytes | None, value: bytes, partition: int, *,
+                   source: faust.TopicT) -> Any:
+        if not commits.is_transactional:
+            return await topic.send(key=key, value=value, partition=partition)
+        # the producer of the input partition, whose offsets commit with the outputs
+        # (faust's own choice misses the topics the app does not consume: BatchCommits)
+        tid = commits.transactional_id(source.get_topic_name(), partition)
+        return await app.producer.send(topic.get_topic_name(), key, value, partition, None,
+                                       None, transactional_id=tid)
+
     async def send_all(topic: faust.TopicT, items: list[tuple[str, bytes, int]], *,
-                       wait: bool = True) -> None:
+                       source: faust.TopicT, wait: bool = True) -> None:
         # Every output goes to its input's partition (the key stays product_id): each
         # partition's outputs then belong to that partition's transaction in exactly-once
         # mode, and a review sent without a key still meets its product's state.
-        futures = [await topic.send(key=k.encode(), value=v, partition=p) for k, v, p in items]
+        futures = [await send(topic, k.encode(), v, p, source=source) for k, v, p in items]
         if wait:
             await asyncio.gather(*futures)  # delivered (acks=all) before the batch is acked
 
-    async def score_and_send(events: list[faust.EventT], *, wait: bool = True) -> None:
+    async def score_and_send(stream: faust.StreamT, events: list[faust.EventT], *,
+                             todo: list[faust.EventT] | None = None,
+                             wait: bool = True) -> None:
+        """Score ``todo`` (default: all events), send, and (exactly_once) commit ``events``."""
         records = [RawRecord(e.message.topic, e.message.partition, e.message.offset,
-                             e.message.key, e.message.value) for e in events]
+                             e.message.key, e.message.value) for e in
+                   (events if todo is None else todo)]
         pipeline.stats.in_flight += 1
+        started = time.monotonic()
+        arrived = [e.message.time_in for e in events if e.message.time_in is not None]
         try:
-            outputs, dead = await _score_batch(pipeline, records)
+            outputs, dead, compute_s = await _score_batch(pipeline, records)
             encoded = [(o.product_id, o.to_bytes(), o.source_partition) for o in outputs]
-            await send_all(scores, encoded, wait=wait)
             by_partition: dict[int, list[bytes]] = {}
             for _, value, partition in encoded:
                 by_partition.setdefault(partition, []).append(value)
-            futures = [await batches.send(value=score_batch_record(values), partition=p)
-                       for p, values in by_partition.items()]
-            if wait:
-                await asyncio.gather(*futures)
-            await send_all(dlq, [(d.key or "", d.to_bytes(), d.partition) for d in dead],
-                           wait=wait)
+            async with commits.sending(stream, events):
+                await send_all(scores, encoded, source=reviews, wait=wait)
+                futures = [await send(batches, None, score_batch_record(values), p,
+                                      source=reviews) for p, values in by_partition.items()]
+                if wait:
+                    await asyncio.gather(*futures)
+                await send_all(dlq, [(d.key or "", d.to_bytes(), d.partition) for d in dead],
+                               source=reviews, wait=wait)
+            pipeline.metrics.on_batch(
+                size=len(records), queue_wait_s=started - min(arrived) if arrived else None,
+                compute_s=compute_s, tokens=sum(o.n_tokens for o in outputs),
+                busy_s=time.monotonic() - started)
         finally:
             pipeline.stats.in_flight -= 1
 
@@ -246,38 +397,43 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
         @app.agent(reviews, concurrency=1, name="score")
         async def score_naive(stream: faust.StreamT) -> None:
             async for event in stream.events():  # as a plain faust agent: no wait for acks
-                await score_and_send([event], wait=False)
+                await score_and_send(stream, [event], wait=False)
     else:
         @app.agent(reviews, concurrency=1)
         async def score(stream: faust.StreamT) -> None:
             async for events in stream.take_events(s.batch_max_size,
                                                    within=s.batch_max_wait_s):
-                score_guard.check(events)
-                await score_and_send(events)
+                async with commits.batch():
+                    await score_and_send(stream, events, todo=score_guard.check(events))
+
+    async def aggregate_batch(stream: faust.StreamT, events: list[faust.EventT]) -> None:
+        changes, found, dead = [], [], []
+        for event in aggregate_guard.check(events):
+            p = event.message.partition
+            for result, rejected in _aggregate_record(pipeline, aggregator, event):
+                changes += [(c.product_id, c.to_bytes(), p) for c in result.changes]
+                found += [(a.product_id, a.to_bytes(), p) for a in result.alerts]
+                dead += [(d.key or "", d.to_bytes(), d.partition) for d in rejected]
+        # Order matters for a crash at any point (README, "Processing guarantees"):
+        # outputs first, then the states that record them, then the clocks. A crash
+        # before the states are written replays the batch and sends the same
+        # event_ids again; a clock is never ahead of its products' states.
+        async with commits.sending(stream, events):
+            await send_all(trends, changes, source=batches)
+            await send_all(alerts, found, source=batches)
+            await send_all(dlq, dead, source=batches)
+            aggregator.flush_states()  # one changelog write per changed product
+            await window_store.delivered()
+            aggregator.flush_clocks()
+            await clock_store.delivered()
+        pipeline.metrics.on_trend_events(len(changes))
 
     @app.agent(batches, concurrency=1)
     async def aggregate(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.aggregate_batch_max_records,
                                                within=s.batch_max_wait_s):
-            aggregate_guard.check(events)
-            changes, found, dead = [], [], []
-            for event in events:
-                p = event.message.partition
-                for result, rejected in _aggregate_record(pipeline, aggregator, event):
-                    changes += [(c.product_id, c.to_bytes(), p) for c in result.changes]
-                    found += [(a.product_id, a.to_bytes(), p) for a in result.alerts]
-                    dead += [(d.key or "", d.to_bytes(), d.partition) for d in rejected]
-            # Order matters for a crash at any point (README, "Processing guarantees"):
-            # outputs first, then the states that record them, then the clocks. A crash
-            # before the states are written replays the batch and sends the same
-            # event_ids again; a clock is never ahead of its products' states.
-            await send_all(trends, changes)
-            await send_all(alerts, found)
-            await send_all(dlq, dead)
-            aggregator.flush_states()  # one changelog write per changed product
-            await window_store.delivered()
-            aggregator.flush_clocks()
-            await clock_store.delivered()
+            async with commits.batch():
+                await aggregate_batch(stream, events)
 
     if (hooks := pipeline.hooks) is not None:  # README, "Alert webhooks"
         @app.agent(alerts, concurrency=1)
@@ -287,20 +443,30 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
             # and is cut short (its alerts re-queued) when a rebalance or stop suspends flow.
             async for events in stream.take_events(s.webhook_concurrency,
                                                    within=s.batch_max_wait_s):
-                alert_guard.check(events)
-                done = await hooks.deliver(
-                    [RawRecord(e.message.topic, e.message.partition, e.message.offset,
-                               e.message.key, e.message.value) for e in events],
-                    should_stop=lambda: not app.flow_control.is_active())
-                await send_all(alerts, done.requeue)
-                await send_all(dlq, [(d.key or "", d.to_bytes(), d.partition) for d in done.dead])
+                async with commits.batch():
+                    done = await hooks.deliver(  # HTTP outside the commit lock
+                        [RawRecord(e.message.topic, e.message.partition, e.message.offset,
+                                   e.message.key, e.message.value)
+                         for e in alert_guard.check(events)],
+                        should_stop=lambda: not app.flow_control.is_active())
+                    pipeline.stats.on_dead(done.dead)
+                    async with commits.sending(stream, events):
+                        await send_all(alerts, done.requeue, source=alerts)
+                        await send_all(dlq, [(d.key or "", d.to_bytes(), d.partition)
+                                             for d in done.dead], source=alerts)
 
     if s.idle_tick_interval_s > 0:
         @app.timer(s.idle_tick_interval_s)
         async def tick() -> None:
             now_ms = int(time.time() * 1000)
             for tp in app.consumer.assignment():
-                if tp.topic == batches.get_topic_name():
+                if tp.topic != batches.get_topic_name():
+                    continue
+                if commits.is_transactional:  # no transaction: an idle partition commits none
+                    await app.producer.send_and_wait(
+                        batches.get_topic_name(), TICK_KEY, tick_record(now_ms),
+                        tp.partition, None, None)
+                else:
                     await batches.send(key=TICK_KEY, value=tick_record(now_ms),
                                        partition=tp.partition)
 
@@ -338,31 +504,54 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
 
     @app.on_partitions_assigned.connect
     async def _assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        commits.install(app)
         for guard in guards:
             guard.reset()
 
+    def lag() -> dict[tuple[str, int], int]:
+        found: dict[tuple[str, int], int] = {}
+        try:
+            assignment = app.consumer.assignment()
+        except ConsumerNotStarted:
+            return found
+        for tp in assignment:
+            guard = {reviews.get_topic_name(): score_guard,
+                     batches.get_topic_name(): aggregate_guard}.get(tp.topic)
+            highwater = app.consumer.highwater(tp)
+            if guard is None or highwater is None or highwater < 0:
+                continue
+            done = max(guard.expected.get((tp.topic, tp.partition)) or 0, committed(tp) or 0)
+            found[(tp.topic, tp.partition)] = max(0, highwater - done)
+        return found
+
+    pipeline.metrics.lag = lag
+    pipeline.metrics.input_topic = reviews.get_topic_name()
+    pipeline.metrics.is_ready = lambda: bool(readiness(app, pipeline)["ready"])
     _add_pages(app, pipeline)
     return app
 
 
-async def _score_batch(pipeline: Pipeline,
-                       records: list[RawRecord]) -> tuple[list[ReviewScore], list[DeadLetter]]:
+async def _score_batch(pipeline: Pipeline, records: list[RawRecord]
+                       ) -> tuple[list[ReviewScore], list[DeadLetter], float]:
+    """Scores, dead letters and the seconds spent in the tokenizer and ONNX Runtime."""
     s = pipeline.settings
     started = time.perf_counter()
     latest = datetime.now(UTC) + timedelta(seconds=s.max_future_s)
     prepared = prepare(records, max_event_bytes=s.max_event_bytes,
                        max_raw_chars=s.dlq_max_raw_chars, latest_ts=latest)
     loop = asyncio.get_running_loop()
+    computing = time.perf_counter()
     outputs, unscorable = await loop.run_in_executor(pipeline.executor, partial(
         score_prepared, prepared, pipeline.scorer.score, model_id=pipeline.scorer.model_id,
         max_raw_chars=s.dlq_max_raw_chars))
+    compute_s = time.perf_counter() - computing
     dead = prepared.dead + unscorable
     if pipeline.stats.batches < s.chaos_slow_batches:  # testing only: make chaos
         await asyncio.sleep(s.chaos_score_delay_s)
     pipeline.stats.on_batch(consumed=len(records), scored=len(outputs), dead=dead,
                             unknown_fields=prepared.unknown_fields,
                             seconds=time.perf_counter() - started)
-    return outputs, dead
+    return outputs, dead, compute_s
 
 
 class TableStore:
@@ -495,12 +684,19 @@ def _add_pages(app: faust.App, pipeline: Pipeline) -> None:
                               "provider": pipeline.scorer.provider,
                               "variant": pipeline.scorer.variant.precision, **hooks})
 
-    del healthz, readyz, stats  # registered on the app by the decorators
+    @app.page("/metrics")
+    async def metrics(web_view: Any, request: Any) -> Any:
+        return web_view.bytes(pipeline.metrics.render(), content_type=CONTENT_TYPE)
+
+    del healthz, readyz, stats, metrics  # registered on the app by the decorators
 
 
 def readiness(app: faust.App, pipeline: Pipeline) -> dict[str, Any]:
     """Ready = model warm, partitions assigned, table recovery finished."""
-    assigned = len(app.consumer.assignment()) if app.consumer else 0
+    try:
+        assigned = len(app.consumer.assignment())
+    except ConsumerNotStarted:  # the first moments of start-up
+        assigned = 0
     recovered = app.tables.recovery.completed.is_set() and not app.in_recovery
     return {"ready": pipeline.is_warm and assigned > 0 and recovered,
             "model_warm": pipeline.is_warm, "partitions_assigned": assigned,

@@ -1,4 +1,4 @@
-"""In-process counters of one worker (served at /stats; Prometheus comes later)."""
+"""In-process counters of one worker (served at /stats, and at /metrics by stream.metrics)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class Stats:
     batches: int = 0
     score_seconds: float = 0.0
     dead_lettered: Counter[str] = field(default_factory=Counter)
+    dead_by_stage: Counter[tuple[str, str]] = field(default_factory=Counter)
     trend_events: Counter[str] = field(default_factory=Counter)
     alerts: int = 0
     in_flight: int = 0  # micro-batches being scored or sent right now
@@ -33,13 +34,17 @@ class Stats:
         self.scored += scored
         self.unknown_fields += unknown_fields
         self.score_seconds += seconds
-        self.dead_lettered.update(d.reason for d in dead)
+        self.on_dead(dead)
 
     def on_aggregate(self, result: StepResult | None, dead: list[DeadLetter]) -> None:
         if result is not None:
             self.accepted += int(result.is_accepted)
             self.duplicates_skipped += int(result.is_duplicate)
+        self.on_dead(dead)
+
+    def on_dead(self, dead: list[DeadLetter]) -> None:
         self.dead_lettered.update(d.reason for d in dead)
+        self.dead_by_stage.update((d.stage, d.reason) for d in dead)
 
     def on_trends(self, changes: list[TrendChange], alerts: list[SharpDropAlert]) -> None:
         self.trend_events.update(f"{c.previous_state}->{c.new_state}" for c in changes)

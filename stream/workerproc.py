@@ -48,9 +48,17 @@ class WorkerProcess:
             with urllib.request.urlopen(self.url + path, timeout=5) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
-            return json.loads(exc.read())
+            try:
+                return json.loads(exc.read())
+            except ValueError:  # not one of our JSON pages (e.g. a 500 from the server)
+                return None
         except (OSError, ValueError):
             return None
+
+    def get_text(self, path: str) -> str:
+        """GET a text page (e.g. /metrics)."""
+        with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+            return resp.read().decode()
 
     def wait_ready(self, timeout_s: float = 180.0) -> float:
         """Poll /readyz until ready; return the seconds it took."""

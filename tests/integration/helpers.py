@@ -49,9 +49,11 @@ def read_topic(bootstrap: str, topic: str, *, partitions: int = 6, timeout_s: fl
 
 
 def process_records(env: dict[str, str], records: list[tuple[bytes | None, bytes | None]],
-                    log_path: Path, *, timeout_s: float = 180) -> dict[str, Any]:
+                    log_path: Path, *, timeout_s: float = 180,
+                    inspect: Callable[[WorkerProcess], None] | None = None) -> dict[str, Any]:
     """Start a worker, produce the records, wait until each is accepted, skipped or
-    dead-lettered, check it is still ready, stop it (exit 0); return its /stats."""
+    dead-lettered, check it is still ready, call ``inspect`` with it, stop it (exit 0);
+    return its /stats."""
     from stream.replay import produce
     from stream.settings import Settings
     from stream.topics import ensure_topics
@@ -66,6 +68,8 @@ def process_records(env: dict[str, str], records: list[tuple[bytes | None, bytes
                          s["dead_lettered_total"] + s["duplicates_skipped"] >= len(records)
                          and s, timeout_s=timeout_s, what="all records processed")
         assert (worker.get("/readyz") or {}).get("ready"), "worker not ready after the records"
+        if inspect is not None:
+            inspect(worker)
     finally:
         assert worker.stop() == 0, worker.log_tail()
     return stats

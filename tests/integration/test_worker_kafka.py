@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,8 +21,9 @@ from stream.events import (
     alert_id,
     trend_event_id,
 )
+from stream.metrics import parse_names, sample_value
 from stream.replay import plan, produce
-from stream.settings import Settings
+from stream.settings import REPO_ROOT, Settings
 from stream.topics import ensure_topics
 
 from .helpers import process_records, read_topic, start_worker, unique_env, wait_for
@@ -77,7 +79,10 @@ def test_reviews_in_scores_trends_and_dead_letters_out(kafka_bootstrap: str,
     a, b = _same_partition_ids(2)
     rows = _series(a, b)
     records = plan(rows, malformed=7, seed=3)
-    stats = process_records(env, records, tmp_path / "worker.log")
+    scraped: list[str] = []
+    stats = process_records(env, records, tmp_path / "worker.log",
+                            inspect=lambda w: scraped.append(w.get_text("/metrics")))
+    _check_metrics(scraped[0], stats)
 
     scores = [ReviewScore.model_validate_json(v) for _, _, v in
               read_topic(kafka_bootstrap, settings.topic("review-scores"))]
@@ -109,6 +114,47 @@ def test_reviews_in_scores_trends_and_dead_letters_out(kafka_bootstrap: str,
         (760, 7, 0)
     assert stats["unknown_fields"] == 760
     assert json.dumps(stats)  # the page is JSON
+
+
+def _check_metrics(text: str, stats: dict[str, object]) -> None:
+    """/metrics of the finished run: the same counts as /stats, no lag, every metric the
+    Grafana dashboard queries is served."""
+    assert sample_value(text, "trendstream_reviews_consumed_total") == 767
+    assert sample_value(text, "trendstream_reviews_scored_total") == 760
+    for reason in ("invalid_json", "invalid_utf8", "missing_field", "empty_text",
+                   "bad_timestamp", "wrong_type", "key_mismatch"):
+        assert sample_value(text, "trendstream_reviews_dead_lettered_total",
+                            {"stage": "score", "reason": reason}) == 1, reason
+    transitions = {"stable_to_rising": 2, "rising_to_stable": 2, "stable_to_falling": 1}
+    for transition, n in transitions.items():
+        assert sample_value(text, "trendstream_trend_events_total",
+                            {"transition": transition}) == n, transition
+    assert sample_value(text, "trendstream_alerts_raised_total") == 1
+    assert sample_value(text, "trendstream_batch_size_sum") == 767
+    assert sample_value(text, "trendstream_batch_size_count") == stats["batches"]
+    assert sample_value(text, "trendstream_backlog_seconds") == 0.0
+    assert sample_value(text, "trendstream_ready") == 1.0
+    assert sample_value(text, "trendstream_throughput_reviews_per_second") > 0
+    assert sample_value(text, "trendstream_last_trend_event_timestamp_seconds") > 1.7e9
+    lags = [v for name, v in _samples(text) if name == "trendstream_consumer_lag"]
+    assert len(lags) == 12 and set(lags) == {0.0}  # 6 input + 6 score-batch partitions
+    served = parse_names(text)  # family names: no _total, _bucket, _sum, _count
+    used = {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in dashboard_metrics()}
+    assert used <= served, used - served
+    assert {n for n in served if n.startswith("trendstream_")} <= used  # all on the board
+
+
+def _samples(text: str) -> list[tuple[str, float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(s.name, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def dashboard_metrics() -> set[str]:
+    """Metric names the Grafana dashboard's queries use (histograms as _bucket/_sum/_count)."""
+    dashboard = json.loads((REPO_ROOT / "deploy" / "grafana" / "trendstream.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    return {m for e in exprs for m in re.findall(r"\b((?:trendstream|process)_[a-z_]+)\b", e)}
 
 
 def test_restart_then_idle_ticks_turn_a_silent_product_falling(

@@ -258,7 +258,8 @@ def test_no_webhooks_no_delivery_agent() -> None:
     """Without TRENDSTREAM_WEBHOOKS the app has no deliver_alerts agent; with one it has."""
     for webhooks, expected in (([], False), ([_hook("ops")], True)):
         settings = Settings(webhooks=webhooks, app_id="unit-hooks")
-        scorer: Any = SimpleNamespace(model_id="m")  # build_app reads only its model_id
+        scorer: Any = SimpleNamespace(model_id="m", provider="cpu",  # what build_app reads
+                                      variant=SimpleNamespace(precision="fp32"))
         pipeline = Pipeline(settings=settings, scorer=scorer, params=DetectorParams(),
                             hooks=AlertHooks.from_settings(settings))
         names = [agent.name for agent in build_app(pipeline).agents.values()]
@@ -300,3 +301,18 @@ def test_a_stop_cancels_a_request_in_flight() -> None:
     delivery = asyncio.run(run())
     assert len(delivery.requeue) == 1 and delivery.dead == []
     assert hooks.counts.interrupted == {"hang": 1}
+
+
+def test_hook_counts_reach_prometheus() -> None:
+    """Each hook's sent and failed counts are served at /metrics, labelled by hook name."""
+    settings = Settings(webhooks=[_hook("ops")], app_id="unit-hooks")
+    scorer: Any = SimpleNamespace(model_id="m", provider="cpu",
+                                  variant=SimpleNamespace(precision="fp32"))
+    pipeline = Pipeline(settings=settings, scorer=scorer, params=DetectorParams(),
+                        hooks=AlertHooks.from_settings(settings))
+    assert pipeline.hooks is not None
+    pipeline.hooks.counts.sent["ops"] += 2
+    pipeline.hooks.counts.failed["ops"] += 1
+    text = pipeline.metrics.render().decode()
+    assert 'trendstream_alerts_sent_total{webhook="ops"} 2.0' in text
+    assert 'trendstream_alerts_failed_total{webhook="ops"} 1.0' in text
