@@ -12,7 +12,8 @@ backtest and the tests pass :class:`DictStore`). For a record of partition ``p``
 2. the partition's stream time advances; when that closes days, every product of
    ``p`` is evaluated at each newly closed day (so idle products can turn falling),
    and each state change becomes a TrendChange. A product with no review in its window
-   and none for ``expire_after_days`` is forgotten (its record deleted).
+   and none for ``expire_after_days`` is forgotten (its record deleted, and a
+   :class:`Forgotten` in the result: a tombstone on ``trend-state``).
 
 A tick (the worker's own idle-time record) only advances stream time.
 
@@ -29,11 +30,18 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Final, Protocol
 
-from stream.events import ReviewScore, SharpDropAlert, TrendChange, day_of
-from stream.trends import DetectorParams, Outputs, close_through
-from stream.windows import MAX_DAY, PartitionClock, ProductState, partition_of_state
+from stream.events import ReviewScore, SharpDropAlert, TrendChange, day_of, from_ms
+from stream.trends import DetectorParams, close_through
+from stream.windows import (
+    MAX_DAY,
+    PartitionClock,
+    ProductState,
+    day_start_ms,
+    partition_of_state,
+)
 
 TICK_KEY: Final = b"__tick__"
 DEFAULT_CACHE_SIZE: Final = 20_000
@@ -75,12 +83,21 @@ class Rejected:
     score: ReviewScore
 
 
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """A product whose state expired at the close of the day before ``window_end``."""
+
+    product_id: str
+    window_end: datetime
+
+
 @dataclass(slots=True)
 class StepResult:
     """What one record produced."""
 
     changes: list[TrendChange] = field(default_factory=list)
     alerts: list[SharpDropAlert] = field(default_factory=list)
+    forgotten: list[Forgotten] = field(default_factory=list)
     rejected: Rejected | None = None
     is_duplicate: bool = False
     is_accepted: bool = False
@@ -129,8 +146,7 @@ class Aggregator:
             # run without the crash (the clock may have been written before it crashed).
             self._add(partition, score, result, known)
             if result.is_duplicate:
-                out = self._advance(partition, clock, score.ts_ms)
-                result.changes, result.alerts = out.changes, out.alerts
+                self._advance(partition, clock, score.ts_ms, result)
             return result
         if not 0 <= day_of(score.ts_ms) <= MAX_DAY:  # a record not from our parser
             result.rejected = Rejected("ts_out_of_range", f"ts {score.ts} is outside the "
@@ -149,14 +165,14 @@ class Aggregator:
         self._add(partition, score, result, known)
         if result.is_accepted:
             clock.applied(score.source_offset)
-        out = self._advance(partition, clock, score.ts_ms)
-        result.changes, result.alerts = out.changes, out.alerts
+        self._advance(partition, clock, score.ts_ms, result)
         return result
 
     def on_tick(self, partition: int, timestamp_ms: int) -> StepResult:
         """Advance the partition's stream time to ``timestamp_ms`` (idle products)."""
-        out = self._advance(partition, self._clock(partition), timestamp_ms)
-        return StepResult(changes=out.changes, alerts=out.alerts)
+        result = StepResult()
+        self._advance(partition, self._clock(partition), timestamp_ms, result)
+        return result
 
     def flush(self) -> int:
         """Write every state and clock changed since the last flush, once; return writes."""
@@ -214,11 +230,12 @@ class Aggregator:
         self._states.move_to_end(state.product_id)
         self._dirty.add(state.product_id)
 
-    def _advance(self, partition: int, clock: PartitionClock, ts_ms: int) -> Outputs:
+    def _advance(self, partition: int, clock: PartitionClock, ts_ms: int,
+                 out: StepResult) -> None:
+        """Close the days ``ts_ms`` closes on ``partition``; add what they produce to ``out``."""
         closed = clock.advance(ts_ms, allowed_lateness_ms=self.allowed_lateness_ms)
-        out = Outputs()
         if closed is None:
-            return out
+            return
         products = self._products_of(partition)
         for product_id in sorted(products):
             state = self._state(product_id, cache=False)
@@ -229,17 +246,18 @@ class Aggregator:
             before = (state.trend, state.is_alerted, len(state.buckets))
             found = close_through(state, closed, self.params, model_id=self.model_id,
                                   evidence_k=self.evidence_k)
-            out.extend(found)
+            out.changes += found.changes
+            out.alerts += found.alerts
             if not state.buckets and state.last_review_day is not None and \
                     closed - state.last_review_day >= self.expire_after_days:
                 products.discard(product_id)
                 self._states.pop(product_id, None)
                 self._dirty.discard(product_id)
                 self._expired[product_id] = partition
+                out.forgotten.append(Forgotten(product_id, from_ms(day_start_ms(closed + 1))))
             elif (state.trend, state.is_alerted, len(state.buckets)) != before:
                 self._touch(state)
         self._dirty_clocks.add(partition)
-        return out
 
     def _state(self, product_id: str, *, cache: bool = True) -> ProductState | None:
         """The product's state: from the cache, else decoded from the store."""

@@ -5,7 +5,8 @@
   in one executor thread, outputs delivered (acks=all) before the batch is acked. Each
   micro-batch also goes out as one record per input partition on the internal
   ``review-score-batches`` topic, on that same partition;
-* ``aggregate`` agent (review-score-batches -> trends, trend-alerts / reviews-dlq):
+* ``aggregate`` agent (review-score-batches -> trends, trend-alerts, trend-state /
+  reviews-dlq):
   takes those records in batches, updates the changelogged tables through
   :class:`TableStore` (one write per changed product per batch; faust's ``table[k] = v``
   inside ``take()`` would pick the wrong changelog partition, #497) and sends the
@@ -48,11 +49,13 @@ from stream.events import DeadLetter, ReviewScore, dead_letter
 from stream.inference import Scorer
 from stream.kafkaconf import faust_credentials
 from stream.metrics import CONTENT_TYPE, Metrics
+from stream.productpage import add_product_page
 from stream.scoring import RawRecord, prepare, score_prepared
 from stream.settings import Settings
 from stream.stats import Stats
 from stream.topics import CLOCKS_TABLE, WINDOWS_TABLE
 from stream.trends import DetectorParams
+from stream.trendstate import StateRecord, state_records
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +288,7 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
         consumer_auto_offset_reset="earliest", web_bind=settings.web_host,
         web_port=settings.web_port, web_host=settings.web_host, web_enabled=True,
+        canonical_url=settings.web_canonical_url,  # where other replicas reach /products
         table_cleanup_interval=3600.0, key_serializer="raw", value_serializer="raw",
         # Larger fetches feed the aggregate agent's big batches (measured: 6.5k -> 8.5k
         # scored reviews/s through the tables; faust's defaults are 1 MiB and unbounded).
@@ -317,6 +321,7 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
     trends = app.topic(s.topic(s.topic_trends), **raw)
     alerts = app.topic(s.topic(s.topic_alerts), **raw)
     dlq = app.topic(s.topic(s.topic_dlq), **raw)
+    trend_state = app.topic(s.topic(s.topic_trend_state), **raw)
     windows = app.Table(WINDOWS_TABLE, partitions=s.partitions, key_type=str,
                         value_type=bytes)  # raw bytes: our own compact encoding
     clocks = app.Table(CLOCKS_TABLE, partitions=s.partitions, key_type=str,
@@ -343,15 +348,16 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
 
     commits = BatchCommits(is_transactional=s.processing_guarantee == "exactly_once")
 
-    async def send(topic: faust.TopicT, key: bytes | None, value: bytes, partition: int, *,
-                   source: faust.TopicT) -> Any:
+    async def send(topic: faust.TopicT, key: bytes | None, value: bytes | None,
+                   partition: int, *, source: faust.TopicT, headers: Any = None) -> Any:
         if not commits.is_transactional:
-            return await topic.send(key=key, value=value, partition=partition)
+            return await topic.send(key=key, value=value, partition=partition,
+                                    headers=headers)
         # the producer of the input partition, whose offsets commit with the outputs
         # (faust's own choice misses the topics the app does not consume: BatchCommits)
         tid = commits.transactional_id(source.get_topic_name(), partition)
         return await app.producer.send(topic.get_topic_name(), key, value, partition, None,
-                                       None, transactional_id=tid)
+                                       headers, transactional_id=tid)
 
     async def send_all(topic: faust.TopicT, items: list[tuple[str, bytes, int]], *,
                        source: faust.TopicT, wait: bool = True) -> None:
@@ -361,6 +367,11 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
         futures = [await send(topic, k.encode(), v, p, source=source) for k, v, p in items]
         if wait:
             await asyncio.gather(*futures)  # delivered (acks=all) before the batch is acked
+
+    async def send_states(items: list[tuple[StateRecord, int]]) -> None:
+        futures = [await send(trend_state, r.product_id.encode(), r.value, p, source=batches,
+                              headers=list(r.headers) or None) for r, p in items]
+        await asyncio.gather(*futures)
 
     async def score_and_send(stream: faust.StreamT, events: list[faust.EventT], *,
                              todo: list[faust.EventT] | None = None,
@@ -407,21 +418,24 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
                     await score_and_send(stream, events, todo=score_guard.check(events))
 
     async def aggregate_batch(stream: faust.StreamT, events: list[faust.EventT]) -> None:
-        changes, found, dead = [], [], []
+        changes, found, dead, states = [], [], [], []
         for event in aggregate_guard.check(events):
             p = event.message.partition
             for result, rejected in _aggregate_record(pipeline, aggregator, event):
                 changes += [(c.product_id, c.to_bytes(), p) for c in result.changes]
                 found += [(a.product_id, a.to_bytes(), p) for a in result.alerts]
                 dead += [(d.key or "", d.to_bytes(), d.partition) for d in rejected]
+                states += [(r, p) for r in state_records(result)]
         # Order matters for a crash at any point (README, "Processing guarantees"):
         # outputs first, then the states that record them, then the clocks. A crash
         # before the states are written replays the batch and sends the same
-        # event_ids again; a clock is never ahead of its products' states.
+        # event_ids again; a clock is never ahead of its products' states. trend-state
+        # is an output: after the states, a crash would lose it (stream/trendstate.py).
         async with commits.sending(stream, events):
             await send_all(trends, changes, source=batches)
             await send_all(alerts, found, source=batches)
             await send_all(dlq, dead, source=batches)
+            await send_states(states)
             aggregator.flush_states()  # one changelog write per changed product
             await window_store.delivered()
             aggregator.flush_clocks()
@@ -528,6 +542,9 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
     pipeline.metrics.input_topic = reviews.get_topic_name()
     pipeline.metrics.is_ready = lambda: bool(readiness(app, pipeline)["ready"])
     _add_pages(app, pipeline)
+    add_product_page(app, windows, params=pipeline.params, model_id=pipeline.scorer.model_id,
+                     partitions=s.partitions,
+                     is_recovered=lambda: readiness(app, pipeline)["tables_recovered"])
     return app
 
 

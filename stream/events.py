@@ -31,6 +31,7 @@ from stream.errors import EventError
 REVIEW_SCHEMA_VERSION: Final = 1
 SCORE_SCHEMA_VERSION: Final = 1
 TREND_SCHEMA_VERSION: Final = 1
+TREND_STATE_SCHEMA_VERSION: Final = 1
 ALERT_SCHEMA_VERSION: Final = 1
 DEAD_LETTER_SCHEMA_VERSION: Final = 1
 
@@ -41,7 +42,7 @@ DeadLetterStage = Literal["score", "aggregate", "alert"]
 MIN_EVENT_TIME: Final = datetime(1990, 1, 1, tzinfo=UTC)
 MS_PER_DAY: Final = 86_400_000
 
-TrendState = Literal["rising", "stable", "falling"]
+Trend = Literal["rising", "stable", "falling"]
 
 # Reason codes on the dead-letter topic. Stable strings: consumers filter on them.
 REASONS: Final = (
@@ -68,6 +69,11 @@ REASONS: Final = (
 
 def _utc_iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_iso(value: datetime) -> str:
+    """A time as every event writes it: ISO-8601 UTC with a ``Z`` (orders as text)."""
+    return _utc_iso(value)
 
 
 UtcDatetime = Annotated[AwareDatetime, PlainSerializer(_utc_iso, return_type=str)]
@@ -175,8 +181,8 @@ class TrendChange(_Event):
     schema_version: int = TREND_SCHEMA_VERSION
     event_id: str
     product_id: str
-    previous_state: TrendState
-    new_state: TrendState
+    previous_state: Trend
+    new_state: Trend
     window_start: UtcDatetime
     window_end: UtcDatetime
     is_quiet: bool = Field(description="no reviews in the last quiet_days: the series went quiet")
@@ -188,6 +194,42 @@ class TrendChange(_Event):
                                   "review volume (0 = none, 1 = to zero); README, 'Trend rule'")
     is_sharp_drop: bool = Field(False, description="a falling call whose predicted_fall is at "
                                 "least the detector's sharp_drop_fall: also sent to trend-alerts")
+
+
+class TrendState(_Event):
+    """A product's current trend, on the compacted ``trend-state`` topic (key product_id).
+
+    Written with every TrendChange, after it (README, "Current state for late joiners"):
+    the latest record of a key is the product's current trend. A product with no record
+    has kept its first trend, stable; a tombstone (null value, header
+    ``trendstream-window-end``) says the worker forgot the product
+    (``state_expire_after_days``). ``since`` orders a product's records: it grows with
+    every change, and consumers keep the record with the latest one.
+    """
+
+    schema_version: int = TREND_STATE_SCHEMA_VERSION
+    product_id: str
+    state: Trend
+    previous_state: Trend
+    since: UtcDatetime = Field(description="window_end of the TrendChange that entered "
+                               "the state (the call was made at the close of the day before)")
+    last_event_id: str = Field(description="event_id of that TrendChange")
+    is_quiet: bool = Field(description="that TrendChange's is_quiet")
+    predicted_fall: float = Field(description="that TrendChange's predicted_fall")
+    is_sharp_drop: bool = Field(description="that TrendChange's is_sharp_drop")
+    signals: TrendSignals = Field(description="the signals of that call")
+    model_id: str
+    detector_version: str
+
+    @classmethod
+    def from_change(cls, change: TrendChange) -> TrendState:
+        """The state a TrendChange enters: the same input always gives the same record."""
+        return cls(product_id=change.product_id, state=change.new_state,
+                   previous_state=change.previous_state, since=change.window_end,
+                   last_event_id=change.event_id, is_quiet=change.is_quiet,
+                   predicted_fall=change.predicted_fall, is_sharp_drop=change.is_sharp_drop,
+                   signals=change.signals, model_id=change.model_id,
+                   detector_version=change.detector_version)
 
 
 class SharpDropAlert(_Event):

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     topic_trends: str = Field("trends", description="trend changes (TrendChange)")
     topic_dlq: str = Field("reviews-dlq", description="dead letters (DeadLetter)")
     topic_alerts: str = Field("trend-alerts", description="sharp-drop alerts (SharpDropAlert)")
+    topic_trend_state: str = Field("trend-state", description="compacted: the latest trend "
+                                   "of every product (TrendState; README, \"Current state "
+                                   "for late joiners\")")
     partitions: int = Field(6, ge=1, le=1024, description="partitions of every topic the app "
                             "creates; the most worker replicas that share the load")
     replication_factor: int = Field(1, ge=1, le=16, description="replication factor of created "
@@ -217,6 +220,11 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="bind address of the worker's web pages")
     web_port: int = Field(6066, ge=0, le=65535, description="port of the worker's web pages "
                           "(/healthz, /readyz, /stats)")
+    web_canonical_url: str | None = Field(None, description="URL at which the other "
+                                          "replicas reach this worker's pages (/products "
+                                          "forwards there); default http://WEB_HOST:WEB_PORT. "
+                                          "Kubernetes: http://$(POD_IP):6066 with WEB_HOST "
+                                          "0.0.0.0")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log "
                                                                      "level")
 

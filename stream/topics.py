@@ -18,13 +18,20 @@ log = logging.getLogger(__name__)
 WINDOWS_TABLE = "product-windows"
 CLOCKS_TABLE = "partition-clocks"
 TABLES = (WINDOWS_TABLE, CLOCKS_TABLE)
+WEEK_MS = 7 * 86_400_000
 
 
 def topic_names(settings: Settings) -> list[str]:
-    """The app's external topics, prefixed."""
+    """The app's external topics, prefixed (the compacted ones included)."""
     return [settings.topic(t) for t in (
         settings.topic_reviews, settings.topic_scores, settings.topic_score_batches,
-        settings.topic_trends, settings.topic_alerts, settings.topic_dlq)]
+        settings.topic_trends, settings.topic_alerts, settings.topic_dlq,
+        settings.topic_trend_state)]
+
+
+def compacted_names(settings: Settings) -> list[str]:
+    """The app's compacted output topics (the latest record per product), prefixed."""
+    return [settings.topic(settings.topic_trend_state)]
 
 
 def changelog_names(settings: Settings) -> list[str]:
@@ -48,8 +55,12 @@ async def ensure_topics(settings: Settings) -> list[str]:
         compacted = {"cleanup.policy": "compact"}
         # Changelogs too: created here, before faust starts, so its agents never race
         # the metadata of a topic it has just created (PartitionsMismatch with 0 partitions).
+        # trend-state: a tombstone (a forgotten product) stays readable for a week, so a
+        # subscriber that was down for days still sees it (README, "Current state ...")
+        latest = {**compacted, "delete.retention.ms": str(WEEK_MS)}
         wanted = [NewTopic(name, settings.partitions, settings.replication_factor,
-                           topic_configs=config) for name in topic_names(settings)]
+                           topic_configs=latest if name in compacted_names(settings)
+                           else config) for name in topic_names(settings)]
         wanted += [NewTopic(name, settings.partitions, settings.replication_factor,
                             topic_configs=compacted) for name in changelog_names(settings)]
         wanted = [t for t in wanted if t.name not in existing]

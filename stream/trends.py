@@ -287,6 +287,7 @@ def evaluate_day(state: ProductState, day: int, params: DetectorParams, *, model
         change_id = trend_event_id(product_id=state.product_id, previous_state=previous,
                                    new_state=new, window_end=window_end, model_id=model_id,
                                    detector_version=params.version)
+        state.since_day, state.last_event_id = day + 1, change_id  # day + 1: window_end
         out.changes.append(TrendChange(
             event_id=change_id, product_id=state.product_id, previous_state=previous,
             new_state=new, window_start=window_start, window_end=window_end,

@@ -11,9 +11,12 @@ The state of one product is ONE compact binary record (:meth:`ProductState.to_by
 1 rating), so a million products with a month of daily reviews and 16-character
 ids take about 800 MB. Scores are kept to 1/65534 and ratings to 1/50 of a star, rounded
 when a review is added, so a state decoded after a restart is exactly the state that was
-encoded. The content key is the first 8 hex digits of the review's content sha256: a
-different text under a known review_id is a conflict (a 1 in 2**32 chance of reading
-one as a plain duplicate).
+encoded. A product whose trend has changed also keeps the change that entered its
+current trend (its window end's day and event_id): 20 bytes after the reviews, flagged in
+the header, so a record without them (written before they were kept) still decodes, and
+a decoder that does not know them reads the rest unchanged. The content key is the
+first 8 hex digits of the review's content sha256: a different text under a known
+review_id is a conflict (a 1 in 2**32 chance of reading one as a plain duplicate).
 
 Stream time is per partition: the largest event time seen there. Day ``D`` is *closed*
 once the watermark (stream time minus the allowed lateness) reaches the end of ``D``;
@@ -47,7 +50,8 @@ MAX_DAY: Final = 0xFFFF  # 2149-06-06; the parser admits nothing before 1990 or 
 _REVIEW_TAIL: Final = struct.Struct("<4sHB")  # content key, score, rating
 _NO_TEXT: Final = 0xFFFF
 _NO_DAY: Final = -(2**31)
-_ALERTED, _HAS_EVAL, _HAS_LAST = 1, 2, 4
+_ALERTED, _HAS_EVAL, _HAS_LAST, _HAS_SINCE = 1, 2, 4, 8
+_SINCE: Final = struct.Struct("<i16s")  # window end day and event_id of the last change
 
 
 def quantize_score(score: float | None) -> float | None:
@@ -85,6 +89,10 @@ class ProductState:
     evaluated_through_day: int | None = None
     last_review_day: int | None = None
     buckets: dict[int, list[Review]] = field(default_factory=dict)
+    # the TrendChange that entered the current trend: its window end (a day index) and
+    # event_id; None while the product has kept its first trend (stable)
+    since_day: int | None = None
+    last_event_id: str | None = None
     _content_by_id: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     _encoded: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
 
@@ -134,9 +142,11 @@ class ProductState:
         Each day's reviews are encoded once and kept until that day changes, so writing a
         hot product after a batch re-encodes only the days the batch touched.
         """
+        has_since = self.since_day is not None and self.last_event_id is not None
         flags = (_ALERTED if self.is_alerted else 0) | \
             (_HAS_EVAL if self.evaluated_through_day is not None else 0) | \
-            (_HAS_LAST if self.last_review_day is not None else 0)
+            (_HAS_LAST if self.last_review_day is not None else 0) | \
+            (_HAS_SINCE if has_since else 0)
         parts = [_HEAD.pack(STATE_VERSION, self.partition, TRENDS.index(self.trend), flags,
                             _NO_DAY if self.evaluated_through_day is None
                             else self.evaluated_through_day,
@@ -148,6 +158,13 @@ class ProductState:
             if chunk is None:
                 chunk = self._encoded[day] = _encode_day(day, self.buckets[day])
             parts.append(chunk)
+        if has_since:
+            text = self.last_event_id or ""
+            if len(text) != 32 or not all(c in "0123456789abcdef" for c in text):
+                msg = f"last_event_id {text!r} is not 32 lowercase hex digits"
+                raise ValueError(msg)
+            event_id = bytes.fromhex(text)
+            parts.append(_SINCE.pack(self.since_day, event_id))
         return b"".join(parts)
 
     @classmethod
@@ -184,11 +201,15 @@ class ProductState:
                  None if rating == 0xFF else rating / RATING_STEPS))
         if current is not None:
             encoded[current] = raw[day_start:pos]
+        since_day, event_id = _SINCE.unpack_from(raw, pos) if flags & _HAS_SINCE \
+            else (None, None)
         assert product_id is not None
         state = cls(product_id=product_id, partition=partition, trend=TRENDS[trend],
                     category=category, is_alerted=bool(flags & _ALERTED),
                     evaluated_through_day=evaluated if flags & _HAS_EVAL else None,
-                    last_review_day=last if flags & _HAS_LAST else None, buckets=buckets)
+                    last_review_day=last if flags & _HAS_LAST else None, buckets=buckets,
+                    since_day=since_day, last_event_id=None if event_id is None
+                    else event_id.hex())
         state._encoded = encoded
         return state
 

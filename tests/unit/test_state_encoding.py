@@ -65,3 +65,28 @@ def test_a_review_id_of_300_bytes_round_trips() -> None:
     state.add(("é" * 150, "0" * 16, 0.5, None), 100)
     state.add(("x" * 255, "1" * 16, None, 3.0), 101)
     assert ProductState.from_bytes(state.to_bytes()) == state
+
+
+def test_the_change_that_entered_the_trend_round_trips_after_the_reviews() -> None:
+    """since_day and last_event_id take 20 bytes after the reviews; without them, none."""
+    plain = _state()
+    state = _state()
+    state.since_day, state.last_event_id = 17_490, "0123456789abcdef" * 2
+    raw = state.to_bytes()
+    assert len(raw) == len(plain.to_bytes()) + 20
+    assert raw.startswith(plain.to_bytes()[:3])  # version and partition unchanged
+    back = ProductState.from_bytes(raw)
+    assert (back.since_day, back.last_event_id) == (17_490, "0123456789abcdef" * 2)
+    assert back == state and back.to_bytes() == raw
+    assert ProductState.from_bytes(plain.to_bytes()).since_day is None
+
+
+def test_a_record_without_the_change_decodes_and_a_bad_event_id_is_refused() -> None:
+    """A record written before the change was kept decodes with since None; ids are 32 hex."""
+    old = _state()
+    back = ProductState.from_bytes(old.to_bytes())
+    assert (back.since_day, back.last_event_id) == (None, None)
+    bad = _state()
+    bad.since_day, bad.last_event_id = 1, "abc"
+    with pytest.raises(ValueError, match="32 lowercase hex"):
+        bad.to_bytes()

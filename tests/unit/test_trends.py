@@ -39,6 +39,8 @@ def test_launch_plateau_and_going_quiet_transitions_on_exact_days() -> None:
     assert abs(falling.predicted_fall - 0.428571) < 2e-6 and falling.is_sharp_drop is False
     assert state.trend == "falling"
     assert state.buckets == {}
+    # the state keeps the change that entered its trend (the product page, trend-state)
+    assert (state.since_day, state.last_event_id) == (BASE_DAY + 193, falling.event_id)
     # the sharp-drop alert: first day in falling with predicted fall >= 0.6 on >= 30 reviews:
     # the close of day 198 (window end day 199): recent = days 169-179 = 22 reviews,
     # baseline days 109-168 = 120: 1 - ((22 + 2/3) / 30) / ((120 + 4/3) / 60) = 0.626
