@@ -80,17 +80,22 @@ def _pip_installs(image: Dockerfile) -> list[str]:
 
 
 def _extra(kind: str) -> str:
-    """The single extra the image installs, read from its `pip install ".[extra]"`."""
-    installs = _pip_installs(parse(IMAGES[kind]))
-    extras = re.findall(r'"\.\[([a-z,]+)\]"', " ".join(installs))
-    assert len(installs) == 1 and extras == [kind], installs
+    """The one extra the image installs, read from its dependency list command."""
+    extras = re.findall(r"\['optional-dependencies'\]\['(\w+)'\]", IMAGES[kind].read_text())
+    assert len(extras) == 1, extras
     return extras[0]
 
 
-def _requirements(extra: str) -> list[Requirement]:
+def _image_requirements(kind: str) -> list[Requirement]:
+    """What the image's build stage writes to requirements.txt: its own `python -c` program
+    (read from the RUN line) run here on pyproject.toml."""
+    runs = [r.args for s in parse(IMAGES[kind]).stages for r in s.all("RUN")]
+    (program,) = [m for r in runs for m in re.findall(r'-c "(import tomllib.*?)" >', r)]
+    lines = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                           check=True, cwd=REPO_ROOT).stdout.split()
     project = _pyproject()["project"]
-    return [Requirement(r) for r in project["dependencies"] +
-            project["optional-dependencies"][extra]]
+    assert lines == project["dependencies"] + project["optional-dependencies"][kind]
+    return [Requirement(line) for line in lines]
 
 
 # --- lint ----------------------------------------------------------------------------------
@@ -160,7 +165,10 @@ def test_image_contract(kind: str) -> None:
     assert env["TRENDSTREAM_EXECUTION_PROVIDER"] == kind.replace("gpu", "cuda")
     if kind == "gpu":
         assert env["TRENDSTREAM_MODEL_VARIANT"] == "fp16"
-    assert all("--no-cache-dir" in cmd for cmd in _pip_installs(image))
+    installs = _pip_installs(image)
+    assert len(installs) == 2 and all("--no-cache-dir" in cmd for cmd in installs)
+    assert "-r requirements.txt" in installs[0] and "--no-deps" in installs[1]
+    assert installs[1].rstrip().endswith(" .")  # trendstream itself, no extra, no deps
     assert _extra(kind) == kind
     assert not image.stage("runtime").all("HEALTHCHECK")  # Kubernetes probes the pages
 
@@ -187,7 +195,7 @@ def test_pins_match_the_constraints() -> None:
     for kind, path in IMAGES.items():
         image = parse(path)
         assert all("-c constraints/constraints.txt" in cmd for cmd in _pip_installs(image))
-        for req in _requirements(_extra(kind)):
+        for req in _image_requirements(kind):
             assert canonicalize_name(req.name) in pins, f"{req.name} not pinned"
             assert req.specifier.contains(pins[canonicalize_name(req.name)])
         for name, version in re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s\"']*)", path.read_text()):
@@ -473,7 +481,7 @@ def test_cpu_image_package_set_offline() -> None:
     """Offline, from this venv's metadata: the worker + cpu extra closure has onnxruntime,
     no torch, and every member at its pinned version."""
     pins = _constraints()
-    closure = _closure(_requirements("cpu"))
+    closure = _closure(_image_requirements("cpu"))
     assert "onnxruntime" in closure and not closure & FORBIDDEN
     assert not any(n.startswith("nvidia-") for n in closure)
     for name in closure:
@@ -499,7 +507,7 @@ def test_image_package_set_resolves_from_pypi(kind: str, tmp_path: Path) -> None
            "-c", str(REPO_ROOT / "constraints" / "constraints.txt")]
     cmd += [f"--platform={p}" for p in _platforms(GLIBC_MINOR[kind])]
     started = time.monotonic()
-    done = subprocess.run(cmd + [str(r) for r in _requirements(_extra(kind))],
+    done = subprocess.run(cmd + [str(r) for r in _image_requirements(kind)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"needs PyPI: {done.stderr[-2000:]}"
     print(f"{kind}: pip resolved in {time.monotonic() - started:.1f} s")
