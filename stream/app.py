@@ -13,6 +13,9 @@
   changes. Reading one record per micro-batch instead of one per review is what lets it
   keep up with a GPU scorer: faust's per-record overhead (~90 us here) was most of the
   cost of aggregating;
+* ``deliver_alerts`` agent (trend-alerts -> webhooks / reviews-dlq), only when
+  webhooks are configured: :class:`~stream.alerthooks.AlertHooks` sends each alert to
+  every hook with retries; a batch is acked once delivered or dead-lettered;
 * a timer that, in live mode (``idle_tick_interval_s`` > 0), sends wall-clock ticks to
   every partition of review-score-batches, so silent partitions still close days.
 """
@@ -40,6 +43,7 @@ from mode import CrashingSupervisor
 from pydantic import TypeAdapter, ValidationError
 
 from stream.aggregation import TICK_KEY, Aggregator, StepResult, tick_record
+from stream.alerthooks import AlertHooks
 from stream.cloudevents import Binding
 from stream.errors import StreamError
 from stream.events import DeadLetter, ReviewScore, dead_letter
@@ -68,6 +72,7 @@ class Pipeline:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="score"))
     is_warm: bool = False
+    hooks: AlertHooks | None = None  # alert webhooks; None: no delivery agent
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +80,8 @@ class Pipeline:
             "model_id": self.scorer.model_id, "provider": self.scorer.provider,
             "variant": self.scorer.variant.precision,
             "guarantee": self.settings.processing_guarantee})
+        if self.hooks is not None:
+            self.metrics.webhooks = self.hooks.counts.totals
 
 
 @dataclass
@@ -331,7 +338,9 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
                               committed=committed)
     aggregate_guard = OffsetGuard(is_enabled=s.check_input_gaps and not is_eos,
                                   skips_seen=is_eos, committed=committed)
-    guards = (score_guard, aggregate_guard)
+    alert_guard = OffsetGuard(is_enabled=s.check_input_gaps and not is_eos,
+                              skips_seen=is_eos, committed=committed)  # written like batches
+    guards = (score_guard, aggregate_guard, alert_guard)
     aggregator = Aggregator(params=pipeline.params, model_id=pipeline.scorer.model_id,
                             allowed_lateness_ms=int(s.allowed_lateness_s * 1000),
                             evidence_k=s.evidence_top_k, windows=window_store,
@@ -446,6 +455,26 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
                                                within=s.batch_max_wait_s):
             async with commits.batch():
                 await aggregate_batch(stream, events)
+
+    if (hooks := pipeline.hooks) is not None:  # README, "Alert webhooks"
+        @app.agent(alerts, concurrency=1)
+        async def deliver_alerts(stream: faust.StreamT) -> None:
+            # Webhooks are slow and outside Kafka: an agent of their own, so scoring and
+            # aggregation never wait for them; a batch waits at most webhook_max_delivery_s,
+            # and is cut short (its alerts re-queued) when a rebalance or stop suspends flow.
+            async for events in stream.take_events(s.webhook_concurrency,
+                                                   within=s.batch_max_wait_s):
+                async with commits.batch():
+                    done = await hooks.deliver(  # HTTP outside the commit lock
+                        [RawRecord(e.message.topic, e.message.partition, e.message.offset,
+                                   e.message.key, e.message.value)
+                         for e in alert_guard.check(events)],
+                        should_stop=lambda: not app.flow_control.is_active())
+                    pipeline.stats.on_dead(done.dead)
+                    async with commits.sending(stream, events):
+                        await send_all(alerts, done.requeue, source=alerts)
+                        await send_all(dlq, [(d.key or "", d.to_bytes(), d.partition)
+                                             for d in done.dead], source=alerts)
 
     if s.idle_tick_interval_s > 0:
         @app.timer(s.idle_tick_interval_s)
@@ -674,9 +703,10 @@ def _add_pages(app: faust.App, pipeline: Pipeline) -> None:
 
     @app.page("/stats")
     async def stats(web_view: Any, request: Any) -> Any:
+        hooks = {} if pipeline.hooks is None else {"webhooks": pipeline.hooks.counts.as_dict()}
         return web_view.json({**pipeline.stats.as_dict(), "model_id": pipeline.scorer.model_id,
                               "provider": pipeline.scorer.provider,
-                              "variant": pipeline.scorer.variant.precision})
+                              "variant": pipeline.scorer.variant.precision, **hooks})
 
     @app.page("/metrics")
     async def metrics(web_view: Any, request: Any) -> Any:

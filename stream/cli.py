@@ -121,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     qs = q.add_subparsers(dest="dlq_command", required=True)
     qs.add_parser("summary", help="counts by reason and stage (JSON)")
     qr = qs.add_parser("redrive", help="re-publish chosen dead letters' original records to "
-                       "the reviews topic, after a fix (stream/dlq.py)")
+                       "their topics (reviews; trend-alerts for alerts no webhook took), "
+                       "after a fix (stream/dlq.py)")
     qr.add_argument("--reason", action="append", default=[], help="only this reason "
                     "(repeatable)")
     qr.add_argument("--review-id", action="append", default=[], help="only this review_id "

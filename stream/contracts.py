@@ -24,7 +24,6 @@ imports jsonschema, Kafka or the model.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from stream.events import (
     TrendChange,
     TrendState,
 )
+from stream.webhooks import WEBHOOK_PAYLOAD_SCHEMA_VERSION, AlertWebhookPayload
 
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 ID_PREFIX: Final = "urn:trendstream:schema:"
@@ -74,7 +74,7 @@ class Contract:
 
 def contracts() -> list[Contract]:
     """Every contract, input first."""
-    found = [
+    return [
         Contract("review-event", ReviewEvent, events.REVIEW_SCHEMA_VERSION,
                  "value of the reviews topic (written by your producers)", is_input=True),
         Contract("review-score", ReviewScore, events.SCORE_SCHEMA_VERSION,
@@ -86,14 +86,10 @@ def contracts() -> list[Contract]:
                  "value of trend-alerts"),
         Contract("dead-letter", DeadLetter, events.DEAD_LETTER_SCHEMA_VERSION,
                  "value of reviews-dlq"),
+        Contract("alert-webhook-payload", AlertWebhookPayload, WEBHOOK_PAYLOAD_SCHEMA_VERSION,
+                 "body of a 'trendstream'-format alert webhook request (README, \"Alert "
+                 "webhooks\")"),
     ]
-    # Added by the alert-webhook work (stream/webhooks.py); registered once it is there.
-    if importlib.util.find_spec("stream.webhooks") is not None:
-        from stream import webhooks
-        found.append(Contract("alert-webhook-payload", webhooks.AlertWebhookPayload,
-                              webhooks.WEBHOOK_PAYLOAD_SCHEMA_VERSION,
-                              "body of a 'trendstream'-format alert webhook request"))
-    return found
 
 
 def generate(contract: Contract) -> Schema:

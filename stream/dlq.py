@@ -1,8 +1,10 @@
 """``trendstream dlq``: what the dead-letter topic holds, and re-publishing chosen records.
 
-``redrive`` sends the original record of each chosen dead letter back to the reviews
-topic (its partition follows the key, as for any producer), after a fix (a setting, a
-producer, the worker). It can only send what the letter kept: the raw value is
+``redrive`` sends the original record of each chosen dead letter back to its topic (its
+partition follows the key, as for any producer), after a fix (a setting, a producer, the
+worker, a webhook receiver): a review to the reviews topic, an alert that no webhook
+took (stage ``alert``) to trend-alerts, where the delivery agent sends it to every hook
+again (same webhook-id). It can only send what the letter kept: the raw value is
 truncated to ``DLQ_MAX_RAW_CHARS``, so a letter is redriven only when its kept value
 hashes to its ``raw_sha256`` (the whole value is there, byte for byte); others are
 counted as ``not_whole``. Letters of the aggregate stage hold the scored review, not
@@ -86,26 +88,33 @@ async def summary(settings: Settings) -> dict[str, Any]:
             "by_reason": dict(Counter(d.reason for _, _, d in letters).most_common()),
             "by_stage": dict(Counter(d.stage for _, _, d in letters)),
             "redrivable": sum(1 for _, _, d in letters
-                              if d.stage == "score" and original(d) is not None)}
+                              if d.stage != "aggregate" and original(d) is not None)}
+
+
+def redrive_topic(settings: Settings, letter: DeadLetter) -> str | None:
+    """Where a letter's original record goes back to; None for the aggregate stage."""
+    return {"score": settings.topic(settings.topic_reviews),
+            "alert": settings.topic(settings.topic_alerts)}.get(letter.stage)
 
 
 async def redrive(settings: Settings, selection: Selection, *,
                   dry_run: bool = False) -> RedriveReport:
-    """Re-publish the chosen dead letters' original records to the reviews topic."""
+    """Re-publish the chosen dead letters' original records to their topics."""
     report = RedriveReport(dry_run=dry_run)
     chosen = [(p, o, d) for p, o, d in await dead_letters(settings) if selection.matches(d)]
     report.selected = len(chosen)
-    sends: list[tuple[bytes | None, bytes, bytes]] = []
+    sends: list[tuple[str, bytes | None, bytes, bytes]] = []
     for partition, offset, letter in chosen:
-        if letter.stage != "score":
-            report.skipped["aggregate_stage"] += 1
+        topic = redrive_topic(settings, letter)
+        if topic is None:
+            report.skipped[f"{letter.stage}_stage"] += 1
             continue
         value = original(letter)
         if value is None:
             report.skipped["not_whole"] += 1
             continue
         key = None if letter.key is None else letter.key.encode("utf-8", "replace")
-        sends.append((key, value, f"{partition}:{offset}".encode()))
+        sends.append((topic, key, value, f"{partition}:{offset}".encode()))
     if dry_run or not sends:
         report.redriven = 0 if dry_run else len(sends)
         return report
@@ -115,8 +124,7 @@ async def redrive(settings: Settings, selection: Selection, *,
                                 **client_options(settings))
     await producer.start()
     try:
-        topic = settings.topic(settings.topic_reviews)
-        for key, value, source in sends:
+        for topic, key, value, source in sends:
             await producer.send(topic, value=value, key=key,
                                 headers=[("trendstream-redriven-from", source)])
         await producer.flush()

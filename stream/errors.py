@@ -6,8 +6,10 @@ Exception tree::
     ├── SettingsError              a setting is missing or out of range (process-level)
     ├── RuntimeMissingError        neither onnxruntime extra is installed (process-level)
     ├── ArtifactError              the model directory is missing, corrupt or unknown
-    └── EventError                 one bad input record; carries a DLQ `reason`
-                                   (per-event: dead-lettered, processing continues)
+    ├── EventError                 one bad input record; carries a DLQ `reason`
+    │                              (per-event: dead-lettered, processing continues)
+    └── WebhookVerificationError   a webhook request fails `stream.webhooks.verify`
+                                   (raised in the consumer's receiver, never in the worker)
 
 Process-level errors crash fast with a message that says what to do; the orchestrator
 restarts the worker. Per-event errors never escape an agent: they become DeadLetter records.
@@ -39,3 +41,7 @@ class EventError(StreamError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class WebhookVerificationError(StreamError):
+    """A received webhook is not authentic or not fresh: reject it (HTTP 400/401)."""

@@ -35,6 +35,10 @@ TREND_STATE_SCHEMA_VERSION: Final = 1
 ALERT_SCHEMA_VERSION: Final = 1
 DEAD_LETTER_SCHEMA_VERSION: Final = 1
 
+# Where a dead letter comes from: the scoring agent (an input review), the aggregation
+# agent (a scored review) or the alert delivery agent (a SharpDropAlert no webhook took).
+DeadLetterStage = Literal["score", "aggregate", "alert"]
+
 MIN_EVENT_TIME: Final = datetime(1990, 1, 1, tzinfo=UTC)
 MS_PER_DAY: Final = 86_400_000
 
@@ -59,6 +63,7 @@ REASONS: Final = (
     "duplicate_conflict",
     "unscorable",
     "unprocessable",
+    "webhook_failed",
 )
 
 
@@ -283,7 +288,7 @@ class DeadLetter(_Event):
     reason: str = Field(description="why, a stable code (README, \"Topics and event "
                         "schemas\")")
     detail: str = Field(description="what exactly, for people (at most 1000 characters)")
-    stage: Literal["score", "aggregate"]
+    stage: DeadLetterStage
     topic: str = Field(description="the topic of the record that failed")
     partition: int = Field(description="its partition")
     offset: int = Field(description="its offset")
@@ -437,7 +442,7 @@ def _check_semantics(event: ReviewEvent, *, key: bytes | None,
         raise EventError("key_mismatch", msg)
 
 
-def dead_letter(*, reason: str, detail: str, stage: Literal["score", "aggregate"], topic: str,
+def dead_letter(*, reason: str, detail: str, stage: DeadLetterStage, topic: str,
                 partition: int, offset: int, key: bytes | None, raw: bytes | None,
                 max_raw_chars: int, review_id: str | None = None,
                 now: datetime | None = None) -> DeadLetter:

@@ -51,6 +51,10 @@ def import_onnxruntime() -> ModuleType:
                "`pip install 'trendstream[cpu]'` (onnxruntime) or "
                "`pip install 'trendstream[gpu]'` (onnxruntime-gpu); never both.")
         raise RuntimeMissingError(msg) from exc
+    # ONNX Runtime 1.32's Linux wheel keeps a device id and event store under ~/.cache and
+    # carries a telemetry endpoint; a stream worker has no business phoning home.
+    if hasattr(onnxruntime, "disable_telemetry_events"):
+        onnxruntime.disable_telemetry_events()
     return onnxruntime
 
 

@@ -9,13 +9,63 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from stream.errors import SettingsError
+from stream.webhooks import WebhookFormat, parse_secrets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class WebhookConfig(BaseModel):
+    """One alert webhook, an item of ``TRENDSTREAM_WEBHOOKS`` (README, "Alert webhooks").
+
+    The secret comes from ``secret_file`` (a mounted secret: read again for every alert,
+    so a rotated file takes effect without a restart) or ``secret``; the file or value
+    holds one ``whsec_...`` secret, or several separated by white space while rotating.
+    Neither the secret nor the URL (which can hold a token) is logged: logs, counters
+    and dead letters name the hook by ``name``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+                      description="the hook's name in logs, /stats and metrics")
+    url: str = Field(min_length=1, max_length=2048)
+    format: WebhookFormat = "trendstream"
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> WebhookConfig:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"webhook {self.name!r}: url must be http(s)://host/...")
+        if (self.secret is None) == (self.secret_file is None):
+            raise ValueError(f"webhook {self.name!r}: give exactly one of secret, secret_file")
+        if self.secret_file is not None and not self.secret_file.is_file():
+            raise ValueError(f"webhook {self.name!r}: no secret file {self.secret_file}")
+        try:
+            self.secrets()
+        except ValueError as exc:  # the message names the hook, never the secret
+            raise ValueError(f"webhook {self.name!r}: {exc}") from None
+        return self
+
+    def secrets(self) -> list[str]:
+        """The signing secrets, newest first (the file is read on every call)."""
+        if self.secret is not None:
+            return parse_secrets(self.secret.get_secret_value())
+        assert self.secret_file is not None  # the validator demands one of the two
+        return parse_secrets(self.secret_file.read_text())
+
+    def describe(self) -> str:
+        """Name, format and host only: a URL's path and query can hold a token."""
+        parts = urlsplit(self.url)
+        return f"{self.name} ({self.format}) {parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 class Settings(BaseSettings):
@@ -147,6 +197,29 @@ class Settings(BaseSettings):
                                        "chaos_slow_batches micro-batches")
     chaos_slow_batches: int = Field(0, ge=0, description="testing only: how many micro-batches "
                                     "chaos_score_delay_s slows")
+    # Alert webhooks (README, "Alert webhooks")
+    webhooks: list[WebhookConfig] = Field([], description="alert webhooks, a JSON list: "
+                                          "[{\"name\": \"ops\", \"url\": \"https://...\", "
+                                          "\"format\": \"trendstream\" or \"alertmanager\", "
+                                          "\"secret_file\": \"/run/secrets/ops\"}] (or "
+                                          "\"secret\": \"whsec_...\"); empty: no delivery "
+                                          "agent")
+    webhook_timeout_s: float = Field(15.0, gt=0, le=300, description="timeout of one "
+                                     "delivery attempt")
+    webhook_max_attempts: int = Field(5, ge=1, le=100, description="attempts per alert and "
+                                      "hook before it is counted as failed and dead-lettered")
+    webhook_backoff_base_s: float = Field(1.0, gt=0, le=3600, description="wait before the "
+                                          "first retry; doubles per retry, with jitter")
+    webhook_backoff_max_s: float = Field(30.0, gt=0, le=3600, description="longest wait "
+                                         "between two attempts (a longer Retry-After is cut "
+                                         "to this)")
+    webhook_max_delivery_s: float = Field(120.0, gt=0, le=3600, description="most time one "
+                                          "alert may take for one hook, attempts and waits "
+                                          "together; the alert offsets wait for it")
+    webhook_concurrency: int = Field(16, ge=1, le=1000, description="alerts delivered at once "
+                                     "(each to every hook)")
+    webhook_external_url: str = Field("", description="externalURL and generatorURL of "
+                                      "Alertmanager-format payloads (e.g. your dashboard)")
     # Web
     web_host: str = Field("127.0.0.1", description="bind address of the worker's web pages")
     web_port: int = Field(6066, ge=0, le=65535, description="port of the worker's web pages "
@@ -168,6 +241,17 @@ class Settings(BaseSettings):
         if self.fall_enter_ratio and self.fall_exit_ratio and \
                 self.fall_exit_ratio < self.fall_enter_ratio:
             msg = "fall_exit_ratio must be >= fall_enter_ratio; set TRENDSTREAM_FALL_EXIT_RATIO"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> Settings:
+        names = [h.name for h in self.webhooks]
+        if len(set(names)) != len(names):
+            raise ValueError("TRENDSTREAM_WEBHOOKS: every hook needs its own name")
+        if self.webhook_backoff_max_s < self.webhook_backoff_base_s:
+            msg = ("webhook_backoff_max_s must be >= webhook_backoff_base_s; set "
+                   "TRENDSTREAM_WEBHOOK_BACKOFF_MAX_S")
             raise ValueError(msg)
         return self
 
@@ -219,3 +303,6 @@ def load_settings(**overrides: object) -> Settings:
                  for e in exc.errors(include_url=False)]
         msg = "invalid settings:\n  " + "\n  ".join(lines)
         raise SettingsError(msg) from exc
+    except SourceError as exc:  # e.g. TRENDSTREAM_WEBHOOKS is not JSON (the value unshown)
+        msg = f"invalid settings: {exc}: {exc.__cause__}" if exc.__cause__ else str(exc)
+        raise SettingsError(msg) from None

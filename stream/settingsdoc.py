@@ -18,6 +18,12 @@ def describe(settings: Settings, *, markdown: bool) -> str:
         rows += [f"| `TRENDSTREAM_{name.upper()}` | `{_default(f.default)}` | {f.description} |"
                  for name, f in fields.items()]
         return "\n".join(rows)
-    return "\n".join(f"TRENDSTREAM_{name.upper()}={getattr(settings, name)!s}"
-                     if "password" not in name else f"TRENDSTREAM_{name.upper()}=***"
-                     for name in fields)
+    return "\n".join(f"TRENDSTREAM_{name.upper()}={_value(settings, name)}" for name in fields)
+
+
+def _value(settings: Settings, name: str) -> str:
+    if "password" in name:
+        return "***"
+    if name == "webhooks":  # a hook's URL can hold a token: name, format and host only
+        return "[" + ", ".join(h.describe() for h in settings.webhooks) + "]"
+    return str(getattr(settings, name))

@@ -113,6 +113,8 @@ async def seed_offsets(settings: Settings) -> None:
     then they have committed already, and this is skipped.
     """
     sources = [settings.topic(settings.topic_reviews), settings.topic(settings.topic_score_batches)]
+    if settings.webhooks:  # the alert delivery agent's input
+        sources.append(settings.topic(settings.topic_alerts))
     tps = [TopicPartition(t, p) for t in sources for p in range(settings.partitions)]
     admin = admin_client(settings)
     await admin.start()

@@ -8,6 +8,7 @@ import logging
 import faust
 from aiokafka.errors import KafkaError
 
+from stream.alerthooks import AlertHooks
 from stream.app import Pipeline, build_app
 from stream.errors import StreamError
 from stream.inference import Scorer
@@ -25,7 +26,8 @@ def make_pipeline(settings: Settings) -> Pipeline:
     scorer = Scorer.from_settings(settings)
     params = detector_params(scorer.manifest.detector, settings)
     scorer.score(["warm-up review: works great, would buy again."] * 2)
-    pipeline = Pipeline(settings=settings, scorer=scorer, params=params)
+    pipeline = Pipeline(settings=settings, scorer=scorer, params=params,
+                        hooks=AlertHooks.from_settings(settings))
     pipeline.is_warm = True
     return pipeline
 
