@@ -26,6 +26,7 @@ from stream.events import (
 from stream.hostile import hostile_plan
 from stream.settings import REPO_ROOT
 from stream.trends import DetectorParams, close_through
+from stream.webhooks import trendstream_payload
 from stream.windows import ProductState
 
 SCHEMAS = REPO_ROOT / "schemas"
@@ -166,10 +167,8 @@ def test_input_edge_cases(changes: dict[str, Any], reason: str, is_valid: bool) 
     assert _validator("review-event").is_valid(obj) is is_valid
 
 
-def test_outputs_of_the_pure_code_are_valid_and_fully_documented() -> None:
-    """A score, trend changes and their trend states, a sharp-drop alert and dead letters,
-    as the worker builds them, validate, also against the closed schemas (no undocumented
-    field)."""
+def _samples() -> list[tuple[str, Any]]:
+    """Records of every output contract as the worker's pure code builds them."""
     state = ProductState("p1", 0)
     for day in range(180):
         for i in range(2):
@@ -188,6 +187,17 @@ def test_outputs_of_the_pure_code_are_valid_and_fully_documented() -> None:
     samples = [("review-score", score), *[("trend-change", c) for c in out.changes],
                *[("trend-state", TrendState.from_change(c)) for c in out.changes],
                ("sharp-drop-alert", out.alerts[0]), *[("dead-letter", d) for d in letters]]
+    samples.append(("alert-webhook-payload", trendstream_payload(out.alerts[0])))
+    return samples
+
+
+def test_outputs_of_the_pure_code_are_valid_and_fully_documented() -> None:
+    """A sample of every output contract (scores, trend changes and states, an alert,
+    dead letters, the webhook body) validates, also against the closed schema (no
+    undocumented field)."""
+    samples = _samples()
+    assert {n for n, _ in samples} == {c.name for c in contracts.contracts()
+                                       if not c.is_input}
     for name, event in samples:
         record = json.loads(event.to_bytes())
         for closed in (False, True):
