@@ -61,6 +61,9 @@ def worker_acls(settings: Settings, *, exactly_once: bool | None = None) -> list
          f"({app}-<table>-changelog) and its leader topic ({app}-__assignor-__leader)"),
         ("GROUP", app, "LITERAL", ("READ",), "the consumer group (commits, offsets)"),
     ]
+    if settings.webhooks:
+        wanted.append(("TOPIC", t(settings.topic_alerts), "LITERAL", ("READ",),
+                       "the alert webhooks' delivery agent reads the alerts"))
     if exactly_once if exactly_once is not None else \
             settings.processing_guarantee == "exactly_once":
         wanted.append(("TRANSACTIONAL_ID", f"{app}-", "PREFIXED", ("WRITE",),

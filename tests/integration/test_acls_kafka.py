@@ -1,14 +1,19 @@
 """The ACL table of the README, proven on a broker with an authorizer: a worker whose
 principal holds exactly ``stream.acls.worker_acls`` (and nothing else) consumes, scores,
-aggregates and writes every output; the authorizer really refuses what is not granted."""
+aggregates, writes every output and delivers its alert to a webhook; the authorizer
+really refuses what is not granted. The webhook body is checked against its schema."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import secrets
 import subprocess
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,7 +31,7 @@ from stream.settings import REPO_ROOT, Settings
 from stream.topics import ensure_topics
 
 from .helpers import start_worker, unique_env, wait_for
-from .schema_check import check_outputs
+from .schema_check import check_outputs, validator
 from .test_worker_kafka import _same_partition_ids, _series
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
@@ -105,6 +110,30 @@ async def _create_topics_as_admin(plain: Settings) -> None:
         await admin.close()
 
 
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[bytes]]]:
+    """A local webhook endpoint that keeps every body and answers 204: (URL, bodies)."""
+    bodies: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["content-length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
 async def _send_as_worker(settings: Settings, topic: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
                                 **client_options(settings))
@@ -119,17 +148,23 @@ async def _send_as_worker(settings: Settings, topic: str) -> None:
                                                          ("exactly_once", False)])
 def test_the_worker_runs_with_exactly_the_documented_acls(
         acl_broker: dict[str, str], tiny_model_dir: Path, tmp_path: Path, guarantee: str,
-        topics_exist: bool) -> None:
+        topics_exist: bool, receiver: tuple[str, list[bytes]]) -> None:
     """760 reviews and 3 malformed through a worker that holds only its documented ACLs:
-    at-least-once on topics an admin created, exactly-once creating its own."""
+    at-least-once on topics an admin created, delivering its alert to a webhook;
+    exactly-once creating its own topics."""
+    url, bodies = receiver
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    hooks = [{"name": "ops", "url": url, "secret": secret}] if topics_exist else []
     env = unique_env(acl_broker["secure"], tiny_model_dir, TRENDSTREAM_ALLOWED_LATENESS_S="0",
                      TRENDSTREAM_SECURITY_PROTOCOL="SASL_SSL",
                      TRENDSTREAM_SASL_MECHANISM="SCRAM-SHA-512",
                      TRENDSTREAM_SASL_USERNAME=USER,
                      TRENDSTREAM_SASL_PASSWORD_FILE=acl_broker["password_file"],
                      TRENDSTREAM_SSL_CAFILE=acl_broker["cafile"],
-                     TRENDSTREAM_PROCESSING_GUARANTEE=guarantee)
-    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()})
+                     TRENDSTREAM_PROCESSING_GUARANTEE=guarantee,
+                     TRENDSTREAM_WEBHOOKS=json.dumps(hooks))
+    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()
+                           if k != "TRENDSTREAM_WEBHOOKS"}, webhooks=hooks)
     plain = Settings(kafka_bootstrap=acl_broker["plain"], topic_prefix=settings.topic_prefix,
                      app_id=settings.app_id)
     acls = worker_acls(settings)
@@ -146,6 +181,7 @@ def test_the_worker_runs_with_exactly_the_documented_acls(
         # committed (read_committed) and valid against schemas/: every output was written
         wait_for(lambda: _outputs(plain) == (760, 5, 1, 3), timeout_s=180,
                  what="every output committed")
+        wait_for(lambda: len(bodies) == len(hooks), timeout_s=60, what="the webhook")
         assert (worker.get("/readyz") or {}).get("ready")
     finally:
         code = worker.stop()
@@ -158,3 +194,8 @@ def test_the_worker_runs_with_exactly_the_documented_acls(
     # the authorizer is on: the worker may not write to its own input
     with pytest.raises(TopicAuthorizationFailedError):
         asyncio.run(_send_as_worker(settings, settings.topic("reviews")))
+    payload = validator("alert-webhook-payload")
+    for body in bodies:  # the 'trendstream' body a real worker sent, against its schema
+        assert not list(payload.iter_errors(json.loads(body))), body
+        assert not list(validator("alert-webhook-payload", closed=True).iter_errors(
+            json.loads(body))), body

@@ -24,6 +24,14 @@ def test_default_worker_acls_are_exactly_these() -> None:
     }
 
 
+def test_webhooks_add_read_on_the_alerts() -> None:
+    """With a webhook configured the worker also consumes trend-alerts."""
+    hook = {"name": "ops", "url": "http://127.0.0.1:9/", "secret": "whsec_" + "A" * 44}
+    plain = {(a.name, a.operation) for a in worker_acls(Settings())}
+    hooked = {(a.name, a.operation) for a in worker_acls(Settings(webhooks=[hook]))}
+    assert hooked - plain == {("trend-alerts", "READ")}
+
+
 def test_exactly_once_adds_the_transactional_ids_and_names_follow_the_settings() -> None:
     """exactly_once: Write on transactional ids '<app_id>-*'; topic names take the prefix."""
     acls = worker_acls(Settings(app_id="shop", topic_prefix="eu.",
