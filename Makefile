@@ -8,12 +8,13 @@ EXTRAS ?= cpu,export,report,dev
 MODEL_DIR ?= models/default
 KAFKA := deploy/kafka/kafka.sh
 
-.PHONY: help venv model demo test test-unit test-integration lint eval backtest bench chaos gpu-check kafka-up kafka-down kafka-status clean
+.PHONY: help venv tools model demo test test-unit test-integration lint eval backtest bench chaos gpu-check kafka-up kafka-down kafka-status clean
 
 help:
 	@echo "make demo   - the main job on bundled real reviews (starts Kafka, exports the model once)"
 	@echo "make test   - unit, export and integration tests (starts its own Kafka)"
 	@echo "make model  - export models/default if missing"
+	@echo "make tools  - helm, promtool and crdcheck for the chart checks (.cache/tools; make test runs it)"
 	@echo "make eval   - per-review evaluation of the model and every baseline (out/eval/)"
 	@echo "make backtest - product-level backtest on every bundled set and the Olist sales (out/backtest/)"
 	@echo "make bench  - throughput and latency, raw ONNX Runtime vs the worker (out/bench/)"
@@ -39,7 +40,12 @@ $(MODEL_DIR)/manifest.json: | $(STAMP)
 demo: $(STAMP) model
 	PYTHON=$(PY) bash scripts/demo.sh
 
-test: $(STAMP)
+# helm (built from source), promtool (Debian's prometheus package) and crdcheck for
+# tests/deploy/; cached in .cache/tools, a second run takes about a second.
+tools:
+	bash scripts/install-tools.sh
+
+test: $(STAMP) tools
 	$(PY) -m ruff check stream export tests
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
