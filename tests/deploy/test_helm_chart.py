@@ -20,6 +20,7 @@ CHART_OWNED = {
     "TRENDSTREAM_SASL_PASSWORD_FILE", "TRENDSTREAM_SSL_CAFILE", "TRENDSTREAM_SSL_CERTFILE",
     "TRENDSTREAM_SSL_KEYFILE", "TRENDSTREAM_MODEL_DIR", "TRENDSTREAM_EXECUTION_PROVIDER",
     "TRENDSTREAM_WEB_HOST", "TRENDSTREAM_WEB_PORT", "TRENDSTREAM_GROUP_INSTANCE_ID",
+    "TRENDSTREAM_WEB_CANONICAL_URL",
 }
 TESTING_ONLY = {"TRENDSTREAM_CHAOS_SCORE_DELAY_S", "TRENDSTREAM_CHAOS_SLOW_BATCHES"}
 
@@ -97,12 +98,12 @@ def test_worker_env_from_values(render: Render) -> None:
     assert env["TRENDSTREAM_EXECUTION_PROVIDER"] == "cpu"
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["TRENDSTREAM_GROUP_INSTANCE_ID"] == "$(POD_NAME)"
-    assert env["TRENDSTREAM_FAUST_WEB_HOST"] == "$(POD_IP)"
+    assert env["TRENDSTREAM_WEB_CANONICAL_URL"] == "http://$(POD_IP):6066"
     assert env["TRENDSTREAM_ORT_INTRA_OP_THREADS"] == "2"
     assert not any(name.startswith("TRENDSTREAM_SASL") for name in env)
     names = [e["name"] for e in worker(render())["env"]]
     assert names.index("POD_NAME") < names.index("TRENDSTREAM_GROUP_INSTANCE_ID")
-    assert names.index("POD_IP") < names.index("TRENDSTREAM_FAUST_WEB_HOST")
+    assert names.index("POD_IP") < names.index("TRENDSTREAM_WEB_CANONICAL_URL")
 
 
 def test_gpu_variant(render: Render) -> None:
@@ -204,8 +205,8 @@ def test_statefulset_variant(render: Render) -> None:
     assert headless["spec"]["clusterIP"] == "None"
     assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
-    assert env["TRENDSTREAM_FAUST_WEB_HOST"] == \
-        f"$(POD_NAME).{headless['metadata']['name']}.$(POD_NAMESPACE).svc.cluster.local"
+    assert env["TRENDSTREAM_WEB_CANONICAL_URL"] == \
+        f"http://$(POD_NAME).{headless['metadata']['name']}.$(POD_NAMESPACE).svc.cluster.local:6066"
     assert env["TRENDSTREAM_SSL_CERTFILE"].endswith("/client/tls.crt")
     assert "TRENDSTREAM_SASL_USERNAME" not in env
     init = spec["initContainers"][0]

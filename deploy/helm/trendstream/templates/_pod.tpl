@@ -246,13 +246,14 @@ settings the chart owns, then the values' env map (sorted by name) and extraEnv.
   value: "0.0.0.0"
 - name: TRENDSTREAM_WEB_PORT
   value: {{ .Values.web.port | quote }}
-# ... and faust advertises a reachable, per-pod address to the other workers (table
-# routing; a returning static member must come back with the same URL).
-- name: TRENDSTREAM_FAUST_WEB_HOST
+# ... and advertise a reachable, per-pod URL to the other workers (/products/{id} is
+# answered by the product's owner; a returning static member must come back with the
+# same URL).
+- name: TRENDSTREAM_WEB_CANONICAL_URL
   {{- if eq .Values.workload "StatefulSet" }}
-  value: {{ printf "$(POD_NAME).%s.$(POD_NAMESPACE).svc.%s" (include "trendstream.headlessName" .) .Values.clusterDomain | quote }}
+  value: {{ printf "http://$(POD_NAME).%s.$(POD_NAMESPACE).svc.%s:%v" (include "trendstream.headlessName" .) .Values.clusterDomain .Values.web.port | quote }}
   {{- else }}
-  value: "$(POD_IP)"
+  value: {{ printf "http://$(POD_IP):%v" .Values.web.port | quote }}
   {{- end }}
 {{- if .Values.staticMembership.enabled }}
 - name: TRENDSTREAM_GROUP_INSTANCE_ID
