@@ -46,7 +46,7 @@ tools:
 	bash scripts/install-tools.sh
 
 test: $(STAMP) tools
-	$(PY) -m ruff check stream export tests
+	$(PY) -m ruff check stream export tests examples
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 test-unit: $(STAMP)
@@ -86,7 +86,7 @@ gpu-check: $(STAMP) $(MODEL_DIR)/model.fp16.onnx
 	$(PY) -m stream gpu-check --model $(MODEL_DIR) --out out/gpu/gpu-check.json
 
 lint: $(STAMP)
-	$(PY) -m ruff check stream export tests
+	$(PY) -m ruff check stream export tests examples
 
 kafka-up: $(STAMP)
 	PYTHON=$(PY) bash $(KAFKA) up
