@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     check_input_gaps: bool = Field(True, description="stop the worker when faust skips "
                                    "input offsets (a faust bug after table recovery; the "
                                    "restart reads them in order); off for input written by "
-                                   "transactional producers that abort")
+                                   "transactional producers (their commit markers take "
+                                   "offsets)")
     stall_exit_after_s: float = Field(45.0, ge=0, le=3600, description="exit (code 3) when "
                                       "an assigned input partition has records waiting and "
                                       "no progress for this long (a faust consumer stall; "
