@@ -74,6 +74,7 @@ class Pipeline:
     is_warm: bool = False
     hooks: AlertHooks | None = None  # alert webhooks; None: no delivery agent
     metrics: Metrics = field(init=False)
+    commits: BatchCommits | None = None  # set by build_app; SIGTERM drains through it
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(stats=self.stats, info={
@@ -152,7 +153,9 @@ class BatchCommits:
     is_transactional: bool
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     is_broken: bool = False
+    is_drained: bool = False
     app: Any = None
+    gates: dict[str, asyncio.Lock] = field(default_factory=dict)  # agent -> held per batch
     _commit: Any = None  # faust's own Consumer.commit
 
     def install(self, app: faust.App) -> None:
@@ -177,16 +180,34 @@ class BatchCommits:
             log.warning("not committing: a batch ended by an exception; the restarted "
                         "worker reads it again")
             return False
+        if self.is_drained:
+            return False  # drain() committed every finished batch; later acks are faust's
         return bool(await self._commit(*args, **kwargs))
 
     @asynccontextmanager
-    async def batch(self) -> AsyncIterator[None]:
-        """Around a whole agent batch: an exception (cancellation too) marks it broken."""
+    async def batch(self, agent: str, *, drains: bool = True) -> AsyncIterator[None]:
+        """Around a whole agent batch: an exception (cancellation too) marks it broken.
+        ``drains``: SIGTERM waits for this agent's batch (not for a webhook delivery)."""
+        gate = self.gates.setdefault(agent, asyncio.Lock()) if drains else asyncio.Lock()
         try:
-            yield
+            async with gate:
+                yield
         except BaseException:
             self.is_broken = True
             raise
+
+    async def drain(self) -> None:
+        """On SIGTERM, before faust stops (and cancels) the agents: let the batches in
+        flight finish, commit them, and commit nothing after (faust's shutdown would ack,
+        and so commit, a batch taken but not processed)."""
+        if self._commit is None:
+            return
+        for gate in list(self.gates.values()):
+            await gate.acquire()  # held until the process exits: no batch starts again
+        async with self.lock:
+            if not self.is_broken:
+                await self._commit()
+            self.is_drained = True
 
     @asynccontextmanager
     async def sending(self, stream: faust.StreamT,
@@ -349,6 +370,7 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
 
     cloud = Binding.from_settings(s) if s.cloudevents else None
     commits = BatchCommits(is_transactional=s.processing_guarantee == "exactly_once")
+    pipeline.commits = commits
 
     async def send(topic: faust.TopicT, key: bytes | None, value: bytes | None,
                    partition: int, *, source: faust.TopicT, headers: Any = None) -> Any:
@@ -421,7 +443,7 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
         async def score(stream: faust.StreamT) -> None:
             async for events in stream.take_events(s.batch_max_size,
                                                    within=s.batch_max_wait_s):
-                async with commits.batch():
+                async with commits.batch("score"):
                     await score_and_send(stream, events, todo=score_guard.check(events))
 
     async def aggregate_batch(stream: faust.StreamT, events: list[faust.EventT]) -> None:
@@ -453,7 +475,7 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
     async def aggregate(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.aggregate_batch_max_records,
                                                within=s.batch_max_wait_s):
-            async with commits.batch():
+            async with commits.batch("aggregate"):
                 await aggregate_batch(stream, events)
 
     if (hooks := pipeline.hooks) is not None:  # README, "Alert webhooks"
@@ -464,7 +486,7 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
             # and is cut short (its alerts re-queued) when a rebalance or stop suspends flow.
             async for events in stream.take_events(s.webhook_concurrency,
                                                    within=s.batch_max_wait_s):
-                async with commits.batch():
+                async with commits.batch("alerts", drains=False):
                     done = await hooks.deliver(  # HTTP outside the commit lock
                         [RawRecord(e.message.topic, e.message.partition, e.message.offset,
                                    e.message.key, e.message.value)

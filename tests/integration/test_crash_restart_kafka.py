@@ -5,6 +5,7 @@ exactly-once) and one SIGTERM mid-replay, each against an undisturbed run of the
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def test_one_kill9_and_one_sigterm_lose_and_double_nothing(
     for name, (verdict, info) in asyncio.run(run()).items():
         assert info["scenario_check"], (name, info)
         is_eos = info["guarantee"] == "exactly_once"
-        assert passed(verdict, exactly_once=is_eos), (name, verdict["detail"])
+        assert passed(verdict, exactly_once=is_eos), f"{name}: {json.dumps(verdict)}"
         if is_eos:
             assert verdict["scores_redelivered"] == verdict["trend_events_duplicated"] == 0
         assert verdict["reviews_lost"] == verdict["reviews_double_counted"] == 0

@@ -70,7 +70,7 @@ def test_a_commit_waits_for_the_batch_being_sent() -> None:
     events = [_event("reviews", 0, 4), _event("reviews", 0, 5), _event("reviews", 3, 9)]
 
     async def agent() -> None:
-        async with commits.batch(), commits.sending(FakeStream(log), events):
+        async with commits.batch("score"), commits.sending(FakeStream(log), events):
             log.append("send a")
             await asyncio.sleep(0.01)  # faust's timer fires here
             log.append("send b")
@@ -97,7 +97,7 @@ def test_no_commit_after_a_batch_ends_by_an_exception() -> None:
 
     async def main() -> None:
         with pytest.raises(RuntimeError):
-            async with commits.batch():
+            async with commits.batch("score"):
                 raise RuntimeError("input gap")
         assert await consumer.commit() is False
 
@@ -114,7 +114,7 @@ def test_at_least_once_sending_neither_locks_nor_commits() -> None:
     consumer = app.consumer
 
     async def main() -> None:
-        async with commits.batch(), commits.sending(FakeStream(log), [_event("r", 0, 1)]):
+        async with commits.batch("score"), commits.sending(FakeStream(log), [_event("r", 0, 1)]):
             assert not commits.lock.locked()
             log.append("send")
         await consumer.commit()
@@ -150,3 +150,33 @@ def test_offset_guard_raises_on_a_gap_and_drops_records_seen_before() -> None:
     with pytest.raises(InputGapError):  # the first record after assignment
         fresh.check([_msg_event(0, 11)])
     assert offsets(fresh.check([_msg_event(0, 9), _msg_event(0, 10)])) == [10]
+
+
+def test_drain_waits_for_the_batch_in_flight_then_commits_nothing_more() -> None:
+    """SIGTERM: the batch in flight finishes and is committed; no batch starts after it,
+    and faust's later commits (of acks it makes while cancelling) are refused."""
+    log: list[str] = []
+    commits = BatchCommits(is_transactional=False)
+    app = FakeApp(log)
+    commits.install(app)
+
+    async def agent() -> None:
+        async with commits.batch("score"):
+            log.append("batch 1 starts")
+            await asyncio.sleep(0.02)
+            log.append("batch 1 sent")
+        async with commits.batch("score"):  # blocked by the drain, then cancelled
+            log.append("batch 2 starts")
+
+    async def main() -> None:
+        task = asyncio.create_task(agent())
+        await asyncio.sleep(0.005)
+        await commits.drain()
+        log.append("drained")
+        assert await app.consumer.commit() is False
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert log == ["batch 1 starts", "batch 1 sent", "commit", "drained"]
