@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=budget.max_epochs,
                    help="(default %(default)s)")
     p.add_argument("--max-seconds", type=float, default=budget.max_seconds,
-                   help="fine-tuning time budget, encoding included (default %(default)s)")
+                   help="safety net on the training time after the encoding (default %(default)s)")
     p.add_argument("--max-length", type=int, default=defaults.max_length,
                    help="tokens per review, [CLS] and [SEP] included (default %(default)s)")
     p.add_argument("--seed", type=int, default=budget.seed, help="(default %(default)s)")
