@@ -160,7 +160,9 @@ def run_demo(settings: Settings, *, data: Path | None, out: Path, malformed: int
     worker = WorkerProcess({**os.environ, **overrides}, out / "worker.log")
     try:
         ready_s = worker.wait_ready(READY_TIMEOUT_S)
-        print(f"worker ready in {ready_s:.1f} s (log: {worker.log_path})\n", flush=True)
+        print(f"worker ready in {ready_s:.1f} s (log: {worker.log_path}; pages while it "
+              f"runs: {worker.url}/healthz /readyz /stats /metrics /products/<id>)\n",
+              flush=True)
         result = asyncio.run(_run(settings, worker, data, periods, malformed))
     finally:
         worker.stop()
