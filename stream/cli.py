@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from aiokafka.errors import KafkaConnectionError
+
 from stream.errors import StreamError
 from stream.settings import Settings, load_settings
 
@@ -163,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, settings)
     except StreamError as exc:
         print(f"trendstream: error: {exc}", file=sys.stderr)
+        return 2
+    except KafkaConnectionError as exc:  # the tools (replay, dlq, ...) as the worker does
+        print(f"trendstream: error: cannot reach Kafka at {settings.kafka_bootstrap} ({exc}): "
+              "check TRENDSTREAM_KAFKA_BOOTSTRAP and that the broker is up", file=sys.stderr)
         return 2
 
 
