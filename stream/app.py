@@ -349,11 +349,11 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
     clocks = app.Table(CLOCKS_TABLE, partitions=s.partitions, key_type=str,
                        value_type=bytes)
     window_store, clock_store = TableStore(windows), TableStore(clocks)
-    # the internal batches topic has transaction markers (and aborted records) only
-    # under exactly_once: no gap check there then
-    def committed(tp: Any) -> int | None:  # faust keeps it; 0 reads as None there
+    def committed(tp: Any) -> int | None:  # faust's own view
         return app.consumer._committed_offset.get(tp)
 
+    # the internal topics have transaction markers (and aborted records) under
+    # exactly_once: no gap check there then
     is_eos = s.processing_guarantee == "exactly_once"
     score_guard = OffsetGuard(is_enabled=s.check_input_gaps, skips_seen=is_eos,
                               committed=committed)
@@ -369,7 +369,7 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
                             expire_after_days=s.state_expire_after_days)
 
     cloud = Binding.from_settings(s) if s.cloudevents else None
-    commits = BatchCommits(is_transactional=s.processing_guarantee == "exactly_once")
+    commits = BatchCommits(is_transactional=is_eos)
     pipeline.commits = commits
 
     async def send(topic: faust.TopicT, key: bytes | None, value: bytes | None,
@@ -513,25 +513,35 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
                     await batches.send(key=TICK_KEY, value=tick_record(now_ms),
                                        partition=tp.partition)
 
+    guard_of = {reviews.get_topic_name(): score_guard,
+                batches.get_topic_name(): aggregate_guard}
+
+    def positions() -> dict[Any, tuple[int, int]]:
+        """Assigned partitions of the two pipeline inputs: (next offset to process,
+        highwater). The alert input is left out: a webhook may take minutes."""
+        try:
+            assignment = app.consumer.assignment()
+        except ConsumerNotStarted:  # the first moments of start-up
+            return {}
+        found = {}
+        for tp in assignment:
+            guard = guard_of.get(tp.topic)
+            highwater = app.consumer.highwater(tp)
+            if guard is None or highwater is None or highwater < 0:
+                continue
+            done = guard.expected.get((tp.topic, tp.partition)) or committed(tp) or 0
+            found[tp] = (done, highwater)
+        return found
+
     if s.stall_exit_after_s > 0:
         watch = StallWatch(after_s=s.stall_exit_after_s)
-        guard_of = {reviews.get_topic_name(): score_guard,
-                    batches.get_topic_name(): aggregate_guard}
 
         @app.timer(max(1.0, s.stall_exit_after_s / 6))
         async def stall_check() -> None:
             if app.in_recovery or not app.tables.recovery.completed.is_set():
                 watch.reset()
                 return
-            waiting = {}
-            for tp in app.consumer.assignment():
-                guard = guard_of.get(tp.topic)
-                highwater = app.consumer.highwater(tp)
-                if guard is None or highwater is None or highwater < 0:
-                    continue
-                done = guard.expected.get((tp.topic, tp.partition)) or committed(tp) or 0
-                waiting[tp] = (done, highwater)
-            if stalled := watch.stalled(waiting, time.monotonic()):
+            if stalled := watch.stalled(positions(), time.monotonic()):
                 log.error("stalled: %s have records waiting and no progress for %.0f s "
                           "(a faust consumer stall); exiting for the orchestrator to "
                           "restart the worker (at-least-once: nothing is lost)",
@@ -551,23 +561,8 @@ def build_app(pipeline: Pipeline, *, naive_scoring: bool = False) -> faust.App:
         for guard in guards:
             guard.reset()
 
-    def lag() -> dict[tuple[str, int], int]:
-        found: dict[tuple[str, int], int] = {}
-        try:
-            assignment = app.consumer.assignment()
-        except ConsumerNotStarted:
-            return found
-        for tp in assignment:
-            guard = {reviews.get_topic_name(): score_guard,
-                     batches.get_topic_name(): aggregate_guard}.get(tp.topic)
-            highwater = app.consumer.highwater(tp)
-            if guard is None or highwater is None or highwater < 0:
-                continue
-            done = max(guard.expected.get((tp.topic, tp.partition)) or 0, committed(tp) or 0)
-            found[(tp.topic, tp.partition)] = max(0, highwater - done)
-        return found
-
-    pipeline.metrics.lag = lag
+    pipeline.metrics.lag = lambda: {(tp.topic, tp.partition): max(0, highwater - done)
+                                    for tp, (done, highwater) in positions().items()}
     pipeline.metrics.input_topic = reviews.get_topic_name()
     pipeline.metrics.is_ready = lambda: bool(readiness(app, pipeline)["ready"])
     _add_pages(app, pipeline)

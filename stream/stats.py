@@ -21,8 +21,7 @@ class Stats:
     unknown_fields: int = 0
     batches: int = 0
     score_seconds: float = 0.0
-    dead_lettered: Counter[str] = field(default_factory=Counter)
-    dead_by_stage: Counter[tuple[str, str]] = field(default_factory=Counter)
+    dead_by_stage: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stage, reason)
     trend_events: Counter[str] = field(default_factory=Counter)
     alerts: int = 0
     in_flight: int = 0  # micro-batches being scored or sent right now
@@ -43,8 +42,15 @@ class Stats:
         self.on_dead(dead)
 
     def on_dead(self, dead: list[DeadLetter]) -> None:
-        self.dead_lettered.update(d.reason for d in dead)
         self.dead_by_stage.update((d.stage, d.reason) for d in dead)
+
+    @property
+    def dead_lettered(self) -> Counter[str]:
+        """Dead letters by reason, all stages together."""
+        by_reason: Counter[str] = Counter()
+        for (_, reason), n in self.dead_by_stage.items():
+            by_reason[reason] += n
+        return by_reason
 
     def on_trends(self, changes: list[TrendChange], alerts: list[SharpDropAlert]) -> None:
         self.trend_events.update(f"{c.previous_state}->{c.new_state}" for c in changes)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
+import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from stream.benchkafka import read_all
+from stream.settings import REPO_ROOT
 from stream.workerproc import WorkerProcess, free_port
 
 
@@ -73,3 +77,43 @@ def process_records(env: dict[str, str], records: list[tuple[bytes | None, bytes
     finally:
         assert worker.stop() == 0, worker.log_tail()
     return stats
+
+
+KAFKA_SH = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
+
+
+@contextmanager
+def secure_broker(base: Path, user: str, *,
+                  broker_properties: str | None = None) -> Iterator[dict[str, str]]:
+    """A local broker with a SASL_SSL listener (certificates made here by trustme) and the
+    SCRAM ``user``; ``broker_properties``: extra server settings (e.g. an authorizer).
+    Yields the plain and secure bootstraps, the password, its file and the CA file."""
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    certs = base / "certs"
+    certs.mkdir(parents=True)
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    cert = ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.RSA)
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    pkcs8 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    (certs / "server.pem").write_bytes(pkcs8 + b"".join(p.bytes() for p in cert.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(certs / "ca.pem"))
+    password = secrets.token_urlsafe(18)
+    (certs / "scram.users").write_text(f"{user} {password}\n")
+    if broker_properties is not None:
+        (certs / "broker.properties").write_text(broker_properties)
+    (base / "password").write_text(password + "\n")
+    run = ["bash", str(KAFKA_SH), "up", "--data-dir", str(base / "data"), "--run-dir",
+           str(base / "run"), "--secure", str(certs)]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        yield {"plain": proc.stdout.strip().splitlines()[-1],
+               "secure": (base / "run" / "secure_bootstrap").read_text().strip(),
+               "password": password, "password_file": str(base / "password"),
+               "cafile": str(certs / "ca.pem")}
+    finally:
+        subprocess.run(["bash", str(KAFKA_SH), "down", "--run-dir", str(base / "run")],
+                       capture_output=True, timeout=120)

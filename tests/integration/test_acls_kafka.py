@@ -10,27 +10,24 @@ import base64
 import json
 import os
 import secrets
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import trustme
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAuthorizationFailedError
 from aiokafka.protocol.admin import CreateAclsRequest
-from cryptography.hazmat.primitives import serialization
 
 from stream.acls import OPERATION_CODES, PATTERN_CODES, RESOURCE_CODES, Acl, worker_acls
 from stream.kafkaconf import client_options
 from stream.replay import plan, produce
-from stream.settings import REPO_ROOT, Settings
+from stream.settings import Settings
 from stream.topics import ensure_topics
 
-from .helpers import start_worker, unique_env, wait_for
+from .helpers import secure_broker, start_worker, unique_env, wait_for
 from .schema_check import check_outputs, validator
 from .test_worker_kafka import _same_partition_ids, _series
 
@@ -38,7 +35,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     bool(os.environ.get("TRENDSTREAM_KAFKA_BOOTSTRAP")),
     reason="starts its own broker with an authorizer; not with an external cluster")]
 
-KAFKA_SH = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
 USER = "trend-worker"
 # The PLAINTEXT listener (and the controller) authenticate as ANONYMOUS: the test's own
 # admin, producer and reader. The worker comes in over SASL_SSL as USER.
@@ -51,31 +47,9 @@ allow.everyone.if.no.acl.found=false
 @pytest.fixture(scope="module")
 def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A broker with StandardAuthorizer, a SCRAM user and no ACL for it yet."""
-    base = tmp_path_factory.mktemp("acl-kafka")
-    certs = base / "certs"
-    certs.mkdir()
-    ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    cert = ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.RSA)
-    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
-    pkcs8 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption())
-    (certs / "server.pem").write_bytes(pkcs8 + b"".join(p.bytes() for p in cert.cert_chain_pems))
-    ca.cert_pem.write_to_path(str(certs / "ca.pem"))
-    password = secrets.token_urlsafe(18)
-    (certs / "scram.users").write_text(f"{USER} {password}\n")
-    (certs / "broker.properties").write_text(AUTHORIZER)
-    (base / "password").write_text(password + "\n")
-    run = ["bash", str(KAFKA_SH), "up", "--data-dir", str(base / "data"), "--run-dir",
-           str(base / "run"), "--secure", str(certs)]
-    proc = subprocess.run(run, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    try:
-        yield {"plain": proc.stdout.strip().splitlines()[-1],
-               "secure": (base / "run" / "secure_bootstrap").read_text().strip(),
-               "password_file": str(base / "password"), "cafile": str(certs / "ca.pem")}
-    finally:
-        subprocess.run(["bash", str(KAFKA_SH), "down", "--run-dir", str(base / "run")],
-                       capture_output=True, timeout=120)
+    with secure_broker(tmp_path_factory.mktemp("acl-kafka"), USER,
+                       broker_properties=AUTHORIZER) as broker:
+        yield broker
 
 
 async def _grant(bootstrap: str, principal: str, acls: list[Acl]) -> None:

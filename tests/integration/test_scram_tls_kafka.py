@@ -6,55 +6,30 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
-from cryptography.hazmat.primitives import serialization
 
 from stream.kafkaconf import client_options
 from stream.settings import REPO_ROOT, Settings
 
-from .helpers import process_records, read_topic, unique_env
+from .helpers import process_records, read_topic, secure_broker, unique_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     bool(os.environ.get("TRENDSTREAM_KAFKA_BOOTSTRAP")),
     reason="starts its own SCRAM/TLS broker; not with an external cluster")]
 
-KAFKA_SH = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
 USER = "trend-app"
 
 
 @pytest.fixture(scope="module")
-def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    base = tmp_path_factory.mktemp("secure-kafka")
-    certs = base / "certs"
-    certs.mkdir()
-    ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    cert = ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.RSA)
-    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
-    pkcs8 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption())
-    (certs / "server.pem").write_bytes(pkcs8 + b"".join(p.bytes() for p in cert.cert_chain_pems))
-    ca.cert_pem.write_to_path(str(certs / "ca.pem"))
-    password = secrets.token_urlsafe(18)
-    (certs / "scram.users").write_text(f"{USER} {password}\n")
-    (base / "password").write_text(password + "\n")
-    run = ["bash", str(KAFKA_SH), "up", "--data-dir", str(base / "data"), "--run-dir",
-           str(base / "run"), "--secure", str(certs)]
-    proc = subprocess.run(run, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    try:
-        yield {"bootstrap": (base / "run" / "secure_bootstrap").read_text().strip(),
-               "password": password, "password_file": str(base / "password"),
-               "cafile": str(certs / "ca.pem")}
-    finally:
-        subprocess.run(["bash", str(KAFKA_SH), "down", "--run-dir", str(base / "run")],
-                       capture_output=True, timeout=120)
+def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A broker with a SCRAM-over-TLS listener and the worker's user."""
+    with secure_broker(tmp_path_factory.mktemp("secure-kafka"), USER) as broker:
+        yield {**broker, "bootstrap": broker["secure"]}
 
 
 def _env(broker: dict[str, str], model: Path, **extra: str) -> dict[str, str]:
@@ -66,8 +41,8 @@ def _env(broker: dict[str, str], model: Path, **extra: str) -> dict[str, str]:
 
 
 def test_worker_and_tools_run_over_scram_tls_and_never_show_the_secret(
-        secure_broker: dict[str, str], tiny_model_dir: Path, tmp_path: Path) -> None:
-    env = _env(secure_broker, tiny_model_dir)
+        scram_broker: dict[str, str], tiny_model_dir: Path, tmp_path: Path) -> None:
+    env = _env(scram_broker, tiny_model_dir)
     settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()})
     rows = [{"review_id": f"r{i}", "product_id": "p1", "ts": f"2017-03-{1 + i:02d}T10:00:00Z",
              "text": f"Review {i}: works fine.", "rating": 4} for i in range(30)]
@@ -80,15 +55,15 @@ def test_worker_and_tools_run_over_scram_tls_and_never_show_the_secret(
     assert client["security_protocol"] == "SASL_SSL"
     values = []
     for topic in ("review-scores", "reviews-dlq", "review-score-batches", "trends"):
-        found = read_topic(secure_broker["bootstrap"], settings.topic(topic), client=client)
+        found = read_topic(scram_broker["bootstrap"], settings.topic(topic), client=client)
         values += [k or b"" for _, k, _ in found] + [v or b"" for _, _, v in found]
     assert sum(1 for v in values if b'"review_id":"r' in v) >= 30
     inline = {k: v for k, v in {**os.environ, **env}.items()
               if k != "TRENDSTREAM_SASL_PASSWORD_FILE"}
-    inline["TRENDSTREAM_SASL_PASSWORD"] = secure_broker["password"]
+    inline["TRENDSTREAM_SASL_PASSWORD"] = scram_broker["password"]
     shown = subprocess.run([sys.executable, "-m", "stream", "settings"], capture_output=True,
                            text=True, env=inline, cwd=REPO_ROOT, timeout=60)
-    secret = secure_broker["password"]
+    secret = scram_broker["password"]
     assert "TRENDSTREAM_SASL_USERNAME=trend-app" in shown.stdout
     for text in (log.read_text(errors="replace"), shown.stdout, shown.stderr):
         assert secret not in text
@@ -96,10 +71,10 @@ def test_worker_and_tools_run_over_scram_tls_and_never_show_the_secret(
 
 
 def test_a_wrong_password_fails_fast_with_a_clear_message(
-        secure_broker: dict[str, str], tiny_model_dir: Path, tmp_path: Path) -> None:
+        scram_broker: dict[str, str], tiny_model_dir: Path, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-password\n")
-    env = {**os.environ, **_env(secure_broker, tiny_model_dir,
+    env = {**os.environ, **_env(scram_broker, tiny_model_dir,
                                 TRENDSTREAM_SASL_PASSWORD_FILE=str(wrong))}
     proc = subprocess.run([sys.executable, "-m", "stream", "worker"], capture_output=True,
                           text=True, env=env, cwd=REPO_ROOT, timeout=120)

@@ -243,19 +243,28 @@ def test_alerts_reach_every_webhook_signed_retried_or_dead_lettered(
           f"test from worker start: {total_s:.1f} s")
 
 
+def _hanging_hook(name: str, secret: str, bootstrap: str, model: Path
+                  ) -> tuple[Receiver, dict[str, str], Settings]:
+    """A started receiver with one hook that holds requests, a worker env that delivers to
+    it (120 s timeout) and the topics."""
+    receiver = Receiver({name: secret})
+    url = receiver.start()
+    hooks = [{"name": name, "url": f"{url}/{name}", "secret": secret}]
+    env = unique_env(bootstrap, model, TRENDSTREAM_WEBHOOKS=json.dumps(hooks),
+                     TRENDSTREAM_WEBHOOK_TIMEOUT_S="120")
+    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()
+                           if k != "TRENDSTREAM_WEBHOOKS"})
+    asyncio.run(ensure_topics(settings))
+    return receiver, env, settings
+
+
 def test_sigterm_mid_delivery_exits_promptly_and_the_restart_delivers_again(
         kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     """A hook that never answers does not hold up SIGTERM: the alert goes back on its topic,
     and the next worker delivers it again with the same webhook-id (at-least-once)."""
-    receiver = Receiver({"down": DOWN})  # `down` holds every request until released
-    url = receiver.start()
-    hooks = [{"name": "down", "url": f"{url}/down", "secret": DOWN}]
-    env = unique_env(kafka_bootstrap, tiny_model_dir, TRENDSTREAM_WEBHOOKS=json.dumps(hooks),
-                     TRENDSTREAM_WEBHOOK_TIMEOUT_S="120")
-    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()
-                           if k != "TRENDSTREAM_WEBHOOKS"})
+    # `down` holds every request until released
+    receiver, env, settings = _hanging_hook("down", DOWN, kafka_bootstrap, tiny_model_dir)
     direct = _direct_alert()
-    asyncio.run(ensure_topics(settings))
     first = start_worker(env, tmp_path / "worker1.log")
     try:
         first.wait_ready()
@@ -299,15 +308,9 @@ def test_a_rebalance_does_not_wait_for_a_hanging_hook(
         kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     """A second worker joins while a hook holds a delivery: the first gives the partitions
     up at once (the alert re-queued), and the alert is then delivered exactly once."""
-    receiver = Receiver({"slow": FLAKY})  # `slow` holds every request until released
-    url = receiver.start()
-    hooks = [{"name": "slow", "url": f"{url}/slow", "secret": FLAKY}]
-    env = unique_env(kafka_bootstrap, tiny_model_dir, TRENDSTREAM_WEBHOOKS=json.dumps(hooks),
-                     TRENDSTREAM_WEBHOOK_TIMEOUT_S="120")
-    settings = Settings(**{k.removeprefix("TRENDSTREAM_").lower(): v for k, v in env.items()
-                           if k != "TRENDSTREAM_WEBHOOKS"})
+    # `slow` holds every request until released
+    receiver, env, settings = _hanging_hook("slow", FLAKY, kafka_bootstrap, tiny_model_dir)
     direct = _direct_alert()
-    asyncio.run(ensure_topics(settings))
     workers = [start_worker(env, tmp_path / "worker1.log")]
     try:
         workers[0].wait_ready()

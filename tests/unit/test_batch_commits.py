@@ -46,6 +46,15 @@ class FakeApp:
         self.conf = SimpleNamespace(id="app")
 
 
+def _installed(*, is_transactional: bool) -> tuple[list[str], BatchCommits, FakeApp]:
+    """BatchCommits installed on a fake app; the log records acks and commits."""
+    log: list[str] = []
+    commits = BatchCommits(is_transactional=is_transactional)
+    app = FakeApp(log)
+    commits.install(app)
+    return log, commits, app
+
+
 def _event(topic: str, partition: int, offset: int) -> Any:
     tp = TP(topic, partition)
     return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset), name=f"{offset}")
@@ -63,10 +72,7 @@ class FakeStream:
 def test_a_commit_waits_for_the_batch_being_sent() -> None:
     """faust's own commit (timer, wait_empty) cannot land between outputs and input acks,
     and the batch commits the offsets after its last record, per transactional id."""
-    log: list[str] = []
-    commits = BatchCommits(is_transactional=True)
-    app = FakeApp(log)
-    commits.install(app)
+    log, commits, app = _installed(is_transactional=True)
     events = [_event("reviews", 0, 4), _event("reviews", 0, 5), _event("reviews", 3, 9)]
 
     async def agent() -> None:
@@ -89,10 +95,7 @@ def test_a_commit_waits_for_the_batch_being_sent() -> None:
 
 def test_no_commit_after_a_batch_ends_by_an_exception() -> None:
     """A cancelled or failed batch (take_events acks it anyway) is never committed."""
-    log: list[str] = []
-    commits = BatchCommits(is_transactional=False)
-    app = FakeApp(log)
-    commits.install(app)
+    log, commits, app = _installed(is_transactional=False)
     consumer = app.consumer
 
     async def main() -> None:
@@ -107,10 +110,7 @@ def test_no_commit_after_a_batch_ends_by_an_exception() -> None:
 
 def test_at_least_once_sending_neither_locks_nor_commits() -> None:
     """Under at_least_once the agent's sends are not fenced and faust commits as usual."""
-    log: list[str] = []
-    commits = BatchCommits(is_transactional=False)
-    app = FakeApp(log)
-    commits.install(app)
+    log, commits, app = _installed(is_transactional=False)
     consumer = app.consumer
 
     async def main() -> None:
@@ -155,10 +155,7 @@ def test_offset_guard_raises_on_a_gap_and_drops_records_seen_before() -> None:
 def test_drain_waits_for_the_batch_in_flight_then_commits_nothing_more() -> None:
     """SIGTERM: the batch in flight finishes and is committed; no batch starts after it,
     and faust's later commits (of acks it makes while cancelling) are refused."""
-    log: list[str] = []
-    commits = BatchCommits(is_transactional=False)
-    app = FakeApp(log)
-    commits.install(app)
+    log, commits, app = _installed(is_transactional=False)
 
     async def agent() -> None:
         async with commits.batch("score"):
